@@ -1,0 +1,1 @@
+"""The `infodiscard` command line: a thin Typer layer over `onnx_infodiscard`."""

@@ -1,0 +1,23 @@
+"""onnx-infodiscard: how much of an image's information each layer of an ONNX model discards."""
+
+from .check import PreparedModel, open_model, prepare
+from .errors import ConversionError, InfodiscardError, InputError
+from .layers import Layer, list_layers, select_layers
+from .load import LoadedModel, load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConversionError",
+    "InfodiscardError",
+    "InputError",
+    "Layer",
+    "LoadedModel",
+    "PreparedModel",
+    "list_layers",
+    "load_model",
+    "open_model",
+    "prepare",
+    "select_layers",
+    "__version__",
+]

@@ -1,0 +1,66 @@
+"""The import pipeline end to end: load -> normalise -> choose layers -> convert -> cross-check."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .convert import Conversion, convert
+from .crosscheck import DEFAULT_RTOL, CrossCheck, cross_check
+from .layers import Layer, check_differentiable, list_layers, select_layers
+from .load import LoadedModel, load_model
+from .normalise import NormalisedModel, normalise
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """Everything the analysis needs from the graph: layers chosen, module converted and verified."""
+
+    loaded: LoadedModel
+    normalised: NormalisedModel
+    layers: tuple[Layer, ...]
+    conversion: Conversion
+    crosscheck: CrossCheck
+    seconds: float
+
+    @property
+    def module(self):
+        return self.conversion.module
+
+
+def open_model(path: str | Path, input_name: str | None = None, input_shape: Sequence[int] | None = None):
+    """Load and normalise: what `layers` needs."""
+    loaded = load_model(path)
+    return loaded, normalise(loaded.proto, input_name, input_shape)
+
+
+def prepare(
+    path: str | Path,
+    layers: Sequence[str] = ("auto",),
+    input_name: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    tolerance: float = DEFAULT_RTOL,
+    probe: np.ndarray | None = None,
+    prefer_cuda: bool = False,
+) -> PreparedModel:
+    """Load, normalise, choose layers, convert, and cross-check on `probe` (model-space input).
+
+    Raises ConversionError when any layer disagrees with onnxruntime beyond `tolerance`.
+    """
+    start = time.perf_counter()
+    loaded, normalised = open_model(path, input_name, input_shape)
+    chosen = select_layers(list_layers(normalised), layers)
+    check_differentiable(normalised, chosen)
+    conversion = convert(normalised, chosen)
+    if probe is None:
+        probe = np.random.default_rng(0).random(normalised.input_shape, dtype=np.float32)
+    with torch.no_grad():
+        features = conversion.module(torch.from_numpy(probe))
+    result = cross_check(conversion.truncated, normalised.input_name, features, probe, tolerance, prefer_cuda)
+    result.raise_on_failure()
+    return PreparedModel(loaded, normalised, tuple(chosen), conversion, result, time.perf_counter() - start)

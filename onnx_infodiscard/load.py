@@ -1,0 +1,98 @@
+"""Load an ONNX file safely: parse, resolve external data inside the model's folder, validate."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A parsed, validated ONNX model and where it came from."""
+
+    path: Path
+    sha256: str
+    proto: onnx.ModelProto
+
+    @property
+    def opset(self) -> int:
+        return default_opset(self.proto)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 1
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Read `path`, check it is a complete ONNX model whose external data stays in its folder."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; give the path of an .onnx model")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give the path of an .onnx model inside it")
+    data = path.read_bytes()
+    if not data:
+        raise InputError(f"{path}: the file is empty; re-export the model")
+    try:
+        proto = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as err:
+        raise InputError(f"{path}: not an ONNX protobuf (truncated or another format?): {_first_line(err)}") from None
+    if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.node:
+        raise InputError(f"{path}: not an ONNX model (no IR version or no graph nodes); re-export it to ONNX")
+    _check_opset(path, proto)
+    _load_external_data(path, proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as err:
+        raise InputError(f"{path}: the ONNX checker rejects the model: {_first_line(err)}") from None
+    return LoadedModel(path=path.resolve(), sha256=hashlib.sha256(data).hexdigest(), proto=proto)
+
+
+def _check_opset(path: Path, proto: onnx.ModelProto) -> None:
+    supported = onnx.defs.onnx_opset_version()
+    opset = default_opset(proto)
+    if opset > supported:
+        raise InputError(
+            f"{path}: opset {opset} is newer than this onnx ({onnx.__version__}, opset {supported}); "
+            f"upgrade onnx or export with opset <= {supported}"
+        )
+
+
+def _load_external_data(path: Path, proto: onnx.ModelProto) -> None:
+    """Resolve external tensors relative to the model's folder, refusing any that escape it."""
+    base = path.resolve().parent
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = Path(info.location)
+        target = (base / location).resolve()
+        if location.is_absolute() or not target.is_relative_to(base):
+            raise InputError(
+                f"{path}: tensor '{tensor.name}' points to external data '{info.location}' outside the "
+                f"model's folder; keep external data files beside the model"
+            )
+        if not target.is_file():
+            raise InputError(
+                f"{path}: external data file '{info.location}' for tensor '{tensor.name}' is missing; "
+                f"copy it next to the model"
+            )
+    try:
+        external_data_helper.load_external_data_for_model(proto, str(base))
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read external data: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

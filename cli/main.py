@@ -15,6 +15,7 @@ from rich.table import Table
 from onnx_infodiscard import InfodiscardError, __version__
 from onnx_infodiscard.check import open_model, prepare
 from onnx_infodiscard.layers import list_layers
+from onnx_infodiscard.perturb import SolverSettings
 
 app = typer.Typer(
     add_completion=False,
@@ -122,6 +123,105 @@ def check(
             f"{agreement.rel_l2_error:.2e}", "yes" if agreement.passed else "NO",
         )
     stdout.print(table)
+
+
+@app.command()
+def analyze(
+    model: Annotated[Optional[Path], typer.Argument(help="The .onnx model (default: the shipped digits CNN).", show_default=False)] = None,
+    images: Annotated[Optional[list[Path]], typer.Argument(help="Image files, folders or .npy arrays (default: the card's images).", show_default=False)] = None,
+    layer: Annotated[Optional[list[str]], typer.Option("--layer", "-l", help="Layer name, index, glob or 'auto'; repeatable.")] = None,
+    tau: Annotated[float, typer.Option(help="Distortion budget D/(N·Var f) — the same for every layer and model.")] = 0.1,
+    steps: Annotated[int, typer.Option(help="Adam steps on log σ.")] = SolverSettings.steps,
+    samples: Annotated[int, typer.Option(help="Noise samples per image and layer per step.")] = SolverSettings.samples,
+    grid: Annotated[Optional[int], typer.Option(help="σ on a GRID×GRID lattice (default: one σ per pixel).")] = None,
+    sigma_max: Annotated[float, typer.Option("--sigma-max", help="Largest σ, canonical units (1 = full pixel range).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the noise; same seed, same numbers.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    preset: Annotated[Optional[str], typer.Option(help="Preprocessing preset: imagenet, tf, raw01, raw255.")] = None,
+    scale: Annotated[Optional[float], typer.Option(help="Multiply the [0,1] image by this (e.g. 255).")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std divided by after the mean.")] = None,
+    layout: Annotated[Optional[str], typer.Option(help="The model's input layout: nchw or nhwc.")] = None,
+    bgr: Annotated[Optional[bool], typer.Option("--bgr/--rgb", help="Feed channels as BGR.", show_default=False)] = None,
+    fg: Annotated[Optional[str], typer.Option("--fg", help="Foreground box x0,y0,x1,y1 in image pixels, or 'center'.")] = None,
+    fg_mask: Annotated[Optional[Path], typer.Option("--fg-mask", help="Foreground mask image (non-zero = object).")] = None,
+    fg_boxes: Annotated[Optional[Path], typer.Option("--fg-boxes", help="CSV with columns file,x0,y0,x1,y1.")] = None,
+    input_shape: InputShapeOpt = None,
+    input_name: InputNameOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (written atomically).")] = Path("infodiscard-report"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure how much of each image's information each chosen layer discards (CID maps)."""
+    from onnx_infodiscard.analysis import Foreground, analyze as run_analysis
+    from onnx_infodiscard.report import check_output_folder, summary_json, write_report
+
+    settings = SolverSettings(tau=tau, steps=steps, samples=samples, grid=grid, sigma_max=sigma_max, seed=seed)
+    settings.validate()
+    check_output_folder(out)
+    overrides = {
+        "preset": preset, "scale": scale, "mean": parse_floats(mean, "--mean"), "std": parse_floats(std, "--std"),
+        "layout": _layout(layout), "bgr": bgr,
+    }
+    foreground = Foreground.parse(fg, fg_mask, fg_boxes)
+    with _progress(as_json) as bar:
+        task = bar.add_task("optimising σ", total=None)
+        report = run_analysis(
+            model, images, layer or ["auto"], settings=settings, preprocessing_overrides=overrides,
+            foreground=foreground, device=device, input_name=input_name,
+            input_shape=parse_ints(input_shape, "--input-shape"),
+            progress=lambda advance, total: bar.update(task, advance=advance, total=total),
+        )
+    folder = write_report(report, out)
+    if as_json:
+        print(json.dumps(summary_json(report, folder), indent=2))
+    else:
+        _print_summary(report, folder)
+    if not report.converged:
+        failed = [f"{r.image}:{r.layer} (D/τ={r.d_over_tau:.3f})" for r in report.results if not r.converged]
+        stderr.print(f"error: {len(failed)} image/layer results did not converge: {', '.join(failed[:5])}; "
+                     "they are marked in the report — try more --steps", markup=False)
+        raise SystemExit(4)
+
+
+def _print_summary(report, folder: Path) -> None:
+    stderr.print(f"[dim]{report.crosscheck.note}; device {report.device}; {report.seconds:.1f} s[/dim]")
+    for note in report.notes:
+        stderr.print(f"[yellow]note: {note}[/yellow]")
+    table = Table(title=f"information discarding, τ={report.settings.tau} (nats per input value)")
+    for column in ("layer", "depth", "CID", "ΔCID", "concentration", "D/τ", "images"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"
+    for row in report.layer_means():
+        table.add_row(row["layer"], f"{row['depth']:.2f}", fmt(row["cid"]), fmt(row["delta_cid"]),
+                      fmt(row["concentration"]), fmt(row["d_over_tau"]), str(row["n_images"]))
+    stdout.print(table)
+    stdout.print(f"report: {folder / 'report.html'}")
+
+
+def _progress(quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=stderr, disable=quiet, transient=True,
+    )
+
+
+def _layout(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value.lower() not in ("nchw", "nhwc"):
+        raise InfodiscardErrorUsage(f"--layout {value!r}: use nchw or nhwc")
+    return value.lower()
+
+
+def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InfodiscardErrorUsage(f"{option} {text!r}: give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
 
 
 def _layer_json(layer) -> dict:

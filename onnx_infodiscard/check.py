@@ -12,7 +12,7 @@ import torch
 
 from .convert import Conversion, convert
 from .crosscheck import DEFAULT_RTOL, CrossCheck, cross_check
-from .layers import Layer, check_differentiable, list_layers, select_layers
+from .layers import Layer, check_differentiable, constant_tensors, list_layers, select_layers
 from .load import LoadedModel, load_model
 from .normalise import NormalisedModel, normalise
 
@@ -54,7 +54,7 @@ def prepare(
     """
     start = time.perf_counter()
     loaded, normalised = open_model(path, input_name, input_shape)
-    chosen = select_layers(list_layers(normalised), layers)
+    chosen = select_layers(list_layers(normalised), layers, constant_tensors(normalised))
     check_differentiable(normalised, chosen)
     conversion = convert(normalised, chosen)
     if probe is None:

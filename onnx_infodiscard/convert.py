@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import onnx
 import torch
 from onnx import helper
-from torch import nn
+from torch import fx, nn
 
 from .errors import ConversionError
 from .layers import Layer
@@ -48,6 +48,22 @@ class FeatureExtractor(nn.Module):
     def train(self, mode: bool = True) -> FeatureExtractor:
         # BatchNorm must keep its running statistics: this module only ever runs in eval mode.
         return super().train(False)
+
+    def only(self, name: str) -> FeatureExtractor:
+        """The same module cut after one layer (weights shared): no compute past that layer."""
+        if self.names == [name]:
+            return self
+        source = self.graph_module.graph
+        outputs = next(node for node in source.nodes if node.op == "output").args[0]
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        graph = fx.Graph()
+        remap: dict = {}
+        graph.graph_copy(source, remap)
+        graph.output(remap[outputs[self.names.index(name)]])
+        module = fx.GraphModule(self.graph_module, graph)
+        module.graph.eliminate_dead_code()
+        module.recompile()
+        return FeatureExtractor(module, [name], self.batch_safe)
 
 
 @dataclass(frozen=True)
@@ -101,8 +117,8 @@ def convert(model: NormalisedModel, layers: Sequence[Layer]) -> Conversion:
     names = [layer.name for layer in layers]
     module = FeatureExtractor(graph_module, names)
     probe = _probe_inputs(model)
-    _check_gradients(module, probe[:1], names)
-    batch_safe = _batch_safe(module, probe)
+    first = _check_gradients(module, probe[:1], names)
+    batch_safe = _batch_safe(module, probe, first)
     module.batch_safe = batch_safe
     return Conversion(module, truncated, batch_safe)
 
@@ -112,22 +128,31 @@ def _probe_inputs(model: NormalisedModel, count: int = 2) -> torch.Tensor:
     return torch.rand((count, *model.input_shape[1:]), generator=generator)
 
 
-def _check_gradients(module: FeatureExtractor, x: torch.Tensor, names: Sequence[str]) -> None:
+def _check_gradients(module: FeatureExtractor, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every chosen feature of one sample must be connected to the input by autograd (a converter
+    that detaches, or returns integers, would leave the optimisation without a gradient).
+
+    Returns the (detached) features, which the batch-safety check reuses.
+    """
     x = x.clone().requires_grad_(True)
     try:
-        features = module(x)
+        features = module._run(x)
     except Exception as err:
         raise ConversionError(f"the converted module fails to run: {type(err).__name__}: {_first_line(err)}") from None
     for name in names:
         feature = features[name]
         if not feature.is_floating_point() or not feature.requires_grad:
             raise ConversionError(f"layer '{name}': no gradient reaches the input through the converted module")
+    return {name: feature.detach() for name, feature in features.items()}
 
 
-def _batch_safe(module: FeatureExtractor, probe: torch.Tensor) -> bool:
-    """Two different inputs in one batch must give the features of two single runs."""
+def _batch_safe(module: FeatureExtractor, probe: torch.Tensor, first: dict[str, torch.Tensor]) -> bool:
+    """Two different inputs in one batch must give the features of two single runs.
+
+    `first`: the features of `probe[0]` run alone.
+    """
     with torch.no_grad():
-        singles = [module._run(sample[None]) for sample in probe]
+        singles = [first] + [module._run(sample[None]) for sample in probe[1:]]
         try:
             batched = module._run(probe)
         except Exception:

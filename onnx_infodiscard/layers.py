@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -36,6 +37,10 @@ INTEGER_CAST_TARGETS = {
     onnx.TensorProto.BOOL,
 }
 AUTO_COUNT = 6
+#: Activations that exporters also use as gates: `x * Sigmoid(x)` is SiLU, `x * HardSigmoid(x)` hard-swish.
+GATES = {"Sigmoid", "HardSigmoid"}
+#: Ops that can end a decomposed GELU, `x * 0.5 * (1 + erf(x / sqrt 2))` or its tanh form.
+GELU_CORES = {"Erf", "Tanh"}
 
 
 @dataclass(frozen=True)
@@ -47,13 +52,19 @@ class Layer:
     op_type: str
     node_name: str
     shape: tuple[int | str, ...] | None
-    depth: float  # relative: 0 at the input, 1 at the deepest graph output
+    depth: float  # relative: 0 at the input, 1 at the deepest tensor (the graph output, normally)
+    activation: bool = False  # an activation's output, composites (hard-swish, GELU) included
 
 
 def list_layers(model: NormalisedModel) -> list[Layer]:
-    """Every node output that depends on the image input, in topological order."""
+    """Every node output that depends on the image input, in topological order.
+
+    Depth is the longest path from the input in nodes, over the longest in the graph: it grows
+    strictly along every edge, so a layer is always deeper than the layers it reads.
+    """
     graph = model.proto.graph
     shapes = _shape_table(model.proto)
+    activations = activation_outputs(graph)
     level = {model.input_name: 0}
     produced: list[tuple[onnx.NodeProto, str]] = []
     for node in graph.node:
@@ -64,7 +75,7 @@ def list_layers(model: NormalisedModel) -> list[Layer]:
             if name:
                 level[name] = max(parents) + 1
                 produced.append((node, name))
-    deepest = max([level.get(v.name, 0) for v in graph.output] + [1])
+    deepest = max(level.values()) or 1
     return [
         Layer(
             index=i,
@@ -72,14 +83,74 @@ def list_layers(model: NormalisedModel) -> list[Layer]:
             op_type=node.op_type,
             node_name=node.name,
             shape=tuple(shapes[name]) if name in shapes else None,
-            depth=min(level[name] / deepest, 1.0),
+            depth=level[name] / deepest,
+            activation=name in activations,
         )
         for i, (node, name) in enumerate(produced)
     ]
 
 
-def select_layers(layers: Sequence[Layer], specs: Sequence[str]) -> list[Layer]:
-    """Resolve names, indices, globs and `auto` to layers, in graph order, without duplicates."""
+def activation_outputs(graph: onnx.GraphProto) -> set[str]:
+    """Names of the tensors that are activation outputs, as a reader of the model means them.
+
+    Exporters decompose some activations: hard-swish and SiLU become `Mul(x, gate(x))` (the Mul is
+    the activation, the gate is not), GELU becomes `Erf` or `Tanh` followed by `Add` and `Mul`s
+    (the last Mul is the activation).
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    found = set()
+    for node in graph.node:
+        if node.op_type in GELU_CORES and (end := _gelu_end(node, consumers)):
+            found.add(end)
+            continue
+        if node.op_type not in ACTIVATIONS or not node.output:
+            continue
+        out = node.output[0]
+        gated = [c for c in consumers[out] if c.op_type == "Mul" and node.input[0] in c.input]
+        if node.op_type in GATES and gated:
+            found.update(c.output[0] for c in gated)
+        else:
+            found.add(out)
+    return found
+
+
+def _gelu_end(core: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]]) -> str | None:
+    """The last Mul of `core -> Add -> Mul -> Mul`, each the only consumer of the one before."""
+    chain = []
+    name = core.output[0]
+    while len(chain) < 3 and len(consumers[name]) == 1 and consumers[name][0].op_type in ("Add", "Mul"):
+        chain.append(consumers[name][0])
+        name = chain[-1].output[0]
+    ops = [node.op_type for node in chain]
+    if len(ops) >= 2 and ops[0] == "Add" and ops[-1] == "Mul":
+        return name
+    return None
+
+
+def constant_tensors(model: NormalisedModel) -> set[str]:
+    """Weights and tensors computed from weights only: names a user may try as a layer by mistake."""
+    graph = model.proto.graph
+    reaches = {model.input_name}
+    names = {init.name for init in graph.initializer}
+    for node in graph.node:
+        if any(name in reaches for name in node.input):
+            reaches.update(node.output)
+        else:
+            names.update(name for name in node.output if name)
+    return names
+
+
+def select_layers(
+    layers: Sequence[Layer], specs: Sequence[str], constants: Collection[str] = ()
+) -> list[Layer]:
+    """Resolve names, indices, globs and `auto` to layers, in graph order, without duplicates.
+
+    `constants`: tensors of the graph that are not layers because the input does not reach them
+    (`constant_tensors`); naming one gets that explanation instead of "unknown layer".
+    """
     if not layers:
         raise InputError("the graph has no layer that depends on its input")
     chosen: dict[int, Layer] = {}
@@ -99,6 +170,11 @@ def select_layers(layers: Sequence[Layer], specs: Sequence[str]) -> list[Layer]:
             found = [layer for layer in layers if fnmatch.fnmatchcase(layer.name, spec)]
             if not found:
                 raise InputError(f"layer pattern '{spec}' matches no layer; list them with `infodiscard layers MODEL`")
+        elif spec in constants:
+            raise InputError(
+                f"layer '{spec}' is constant with respect to the input (a weight, or computed from weights "
+                "only); choose a layer the image reaches"
+            )
         else:
             raise InputError(f"unknown layer '{spec}'{close_matches(spec, by_name)}")
         for layer in found:
@@ -109,20 +185,24 @@ def select_layers(layers: Sequence[Layer], specs: Sequence[str]) -> list[Layer]:
 def auto_layers(layers: Sequence[Layer], count: int = AUTO_COUNT) -> list[Layer]:
     """About `count` evenly spaced activation outputs that still have spatial extent (before the head)."""
     spatial = [layer for layer in layers if _spatial_size(layer) > 1]
-    pool = [layer for layer in spatial if layer.op_type in ACTIVATIONS] or spatial or list(layers)
+    pool = [layer for layer in spatial if layer.activation] or spatial or list(layers)
     if len(pool) <= count:
         return list(pool)
     return [pool[round((i + 1) * len(pool) / count) - 1] for i in range(count)]
 
 
 def _spatial_size(layer: Layer) -> int:
+    """Positions of a feature map: H*W of a rank-4 tensor, tokens of (N, tokens, dim); 1 for vectors.
+
+    A rank-4 tensor may be NCHW or NHWC; the smaller reading is taken, so that a pooled
+    (N, C, 1, 1) tensor counts as one position whichever layout it has.
+    """
     if not layer.shape or len(layer.shape) < 3:
         return 1
-    sizes = [d for d in layer.shape[1:] if isinstance(d, int)]
-    if len(layer.shape) == 4:  # NCHW or NHWC: the two largest of the last three dims are spatial
-        sizes = sorted(sizes)[-2:]
-        return sizes[0] * sizes[1] if len(sizes) == 2 else 1
-    return sizes[0] if sizes else 1  # (N, tokens, dim)
+    dims = [d if isinstance(d, int) else 1 for d in layer.shape]
+    if len(dims) == 4:
+        return min(dims[2] * dims[3], dims[1] * dims[2])
+    return dims[1]  # (N, tokens, dim)
 
 
 def check_differentiable(model: NormalisedModel, layers: Sequence[Layer]) -> None:

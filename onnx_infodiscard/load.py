@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def load_model(path: str | Path) -> LoadedModel:
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.node:
         raise InputError(f"{path}: not an ONNX model (no IR version or no graph nodes); re-export it to ONNX")
     _check_opset(path, proto)
+    _sort_nodes(path, proto.graph)
     _load_external_data(path, proto)
     try:
         onnx.checker.check_model(proto)
@@ -66,6 +68,68 @@ def _check_opset(path: Path, proto: onnx.ModelProto) -> None:
             f"{path}: opset {opset} is newer than this onnx ({onnx.__version__}, opset {supported}); "
             f"upgrade onnx or export with opset <= {supported}"
         )
+
+
+def _sort_nodes(path: Path, graph: onnx.GraphProto) -> None:
+    """Put nodes in topological order (some tools write them out of order, which the checker
+    refuses although nothing is wrong); a cycle is an error that names nodes on it."""
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
+    needs = [{producer[name] for name in _node_inputs(node) if name in producer} for node in graph.node]
+    if any(j >= i for i, deps in enumerate(needs) for j in deps):
+        order = _topological_order(needs)
+        if order is None:
+            stuck = [graph.node[i] for i in range(len(needs)) if _on_cycle(i, needs)]
+            names = ", ".join(repr(node.name or node.output[0]) for node in stuck[:4])
+            raise InputError(f"{path}: the graph has a cycle through nodes {names}; an ONNX graph must be acyclic")
+        nodes = [graph.node[i] for i in order]
+        copies = [onnx.NodeProto() for _ in nodes]
+        for copy, node in zip(copies, nodes):
+            copy.CopyFrom(node)
+        del graph.node[:]
+        graph.node.extend(copies)
+
+
+def _node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Inputs of a node, including outer-scope names that its subgraphs (If, Loop) read."""
+    names = list(node.input)
+    for attr in node.attribute:
+        for subgraph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for inner in subgraph.node:
+                names.extend(_node_inputs(inner))
+    return names
+
+
+def _topological_order(needs: list[set[int]]) -> list[int] | None:
+    """Kahn's algorithm, stable (keeps the file's order where it can); None when there is a cycle."""
+    remaining = [set(deps) for deps in needs]
+    users: list[list[int]] = [[] for _ in needs]
+    for i, deps in enumerate(needs):
+        for j in deps:
+            users[j].append(i)
+    ready = [i for i, deps in enumerate(remaining) if not deps]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for user in users[i]:
+            remaining[user].discard(i)
+            if not remaining[user]:
+                heapq.heappush(ready, user)
+    return order if len(order) == len(needs) else None
+
+
+def _on_cycle(start: int, needs: list[set[int]]) -> bool:
+    """Whether node `start` can reach itself through its inputs."""
+    seen, stack = set(), list(needs[start])
+    while stack:
+        i = stack.pop()
+        if i == start:
+            return True
+        if i not in seen:
+            seen.add(i)
+            stack.extend(needs[i])
+    return False
 
 
 def _load_external_data(path: Path, proto: onnx.ModelProto) -> None:

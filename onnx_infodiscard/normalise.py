@@ -64,6 +64,7 @@ def normalise(
     name = image_input(work, input_name).name
     shape = tuple(_dims(image_input(work, name)))
     _check_memory(work, name, shape)
+    _check_finite_weights(work)
     return NormalisedModel(work, name, (1, *shape[1:]), tuple(reports))
 
 
@@ -74,6 +75,7 @@ def passes(input_name: str | None, input_shape: Sequence[int] | None) -> list[Pa
         return _fix_input_shape(model, input_name, input_shape)
 
     return [
+        lower_ir_version,
         constants_to_initializers,
         drop_initializer_inputs,
         fix_input_shape,
@@ -91,14 +93,30 @@ def passes(input_name: str | None, input_shape: Sequence[int] | None) -> list[Pa
 # --- the passes -------------------------------------------------------------------------------
 
 
+#: The newest IR version that every onnxruntime this package supports (>= 1.18) can load.
+RUNTIME_MAX_IR = 10
+
+
+def lower_ir_version(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """`onnx.helper.make_model` writes the newest IR version (14 with onnx 1.23), which onnxruntime
+    refuses as unknown; the IR that the graph's opsets need (at least RUNTIME_MAX_IR) is enough."""
+    if model.ir_version <= RUNTIME_MAX_IR:
+        return model, None
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    target = max(RUNTIME_MAX_IR, needed)
+    if target >= model.ir_version:
+        return model, None
+    before, model.ir_version = model.ir_version, target
+    return model, f"IR version {before} -> {target}"
+
+
 def constants_to_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     """`Constant` nodes become initializers: onnx2torch's converters read weights from initializers."""
     graph = model.graph
     kept, moved = [], 0
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = _constant_value(node)
-            graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+            _append_initializer(graph, node.output[0], _constant_value(node))
             moved += 1
         else:
             kept.append(node)
@@ -167,9 +185,7 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]
             continue
         for name, value in zip(node.output, values):
             if name:
-                tensor = numpy_helper.from_array(np.asarray(value), name)
-                graph.initializer.append(tensor)
-                constants[name] = tensor
+                constants[name] = _append_initializer(graph, name, np.asarray(value))
         folded += 1
     if not folded:
         return model, None
@@ -210,17 +226,26 @@ def drop_unsupported_attributes(model: onnx.ModelProto) -> tuple[onnx.ModelProto
 
 
 def infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """Shapes for every tensor: onnx's inference with data propagation, onnxruntime's as fallback."""
+    """Shapes for every tensor: onnx's inference with data propagation, onnxruntime's as fallback.
+
+    Inference runs on a skeleton without the large weights (their shapes suffice; copying
+    hundreds of MB of weights took most of the time, and models over 2 GB cannot be serialised
+    for it at all); the shapes found are copied back.
+    """
     before = len(model.graph.value_info)
     del model.graph.value_info[:]  # stale shapes (from a hard-coded batch) would win over new ones
+    skeleton = _skeleton(model)
     try:
-        inferred = shape_inference.infer_shapes(model, data_prop=True)
+        inferred = shape_inference.infer_shapes(skeleton, data_prop=True)
     except Exception as err:
-        raise ConversionError(f"shape inference failed: {str(err).splitlines()[0]}") from None
+        raise ConversionError(f"shape inference failed: {_first_line(err)}") from None
     if _missing_shapes(inferred):
         inferred = _symbolic_shape_inference(inferred) or inferred
-    added = len(inferred.graph.value_info) - before
-    return inferred, (f"shapes inferred for {added} tensors" if added > 0 else None)
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for output, found in zip(model.graph.output, inferred.graph.output):
+        output.CopyFrom(found)
+    added = len(model.graph.value_info) - before
+    return model, (f"shapes inferred for {added} tensors" if added > 0 else None)
 
 
 def rewrite_asymmetric_average_pool(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
@@ -349,13 +374,29 @@ def _fix_input_shape(
     after = [d.dim_param or d.dim_value for d in dims]
     # Intermediate shapes recorded for the old dims would now be stale.
     del model.graph.value_info[:]
+    _check_memory(model, value.name, [1, *fixed])  # before any pass allocates per-pixel arrays
     for output in model.graph.output:
         output.type.tensor_type.ClearField("shape")
     return model, (f"input '{value.name}' {before} -> {after}" if before != after else None)
 
 
+def _check_finite_weights(model: onnx.ModelProto) -> None:
+    """NaN weights make every feature NaN; name the tensor instead of failing the cross-check later."""
+    for init in model.graph.initializer:
+        if init.data_type not in FLOAT_TYPES:
+            continue
+        values = numpy_helper.to_array(init)
+        bad = int(np.isnan(values).sum())
+        if bad:
+            raise InputError(
+                f"weight '{init.name}' has {bad} NaN values (of {values.size}); the model is corrupt "
+                "or was exported from a diverged training run"
+            )
+
+
 def _check_memory(model: onnx.ModelProto, name: str, shape: Sequence[int]) -> None:
-    """Refuse shapes whose activations could never fit, with the estimate."""
+    """Refuse shapes whose activations could never fit, with the estimate (the input alone when
+    intermediate shapes are not known yet)."""
     per_sample = 4 * math.prod(shape[1:])
     for value in model.graph.value_info:
         dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
@@ -472,10 +513,59 @@ def _rename_tensors(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Delete in place: rebuilding the list would copy every (possibly huge) weight."""
     used = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
+
+
+#: Float initializers above this many elements are left out of the shape-inference skeleton.
+SKELETON_MAX_ELEMENTS = 4096
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with its large float weights replaced by graph inputs of the same type and shape.
+
+    Small and integer initializers stay: data propagation needs their values (Reshape targets).
+    """
+    graph = model.graph
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = max(model.ir_version, 4)
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    target = skeleton.graph
+    target.name = graph.name
+    target.node.extend(graph.node)
+    target.input.extend(graph.input)
+    target.output.extend(graph.output)
+    inputs = {value.name for value in graph.input}
+    for init in graph.initializer:
+        large = init.data_type in FLOAT_TYPES and math.prod(init.dims) > SKELETON_MAX_ELEMENTS
+        if not large:
+            target.initializer.append(init)
+        elif init.name not in inputs:
+            target.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return skeleton
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _append_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> onnx.TensorProto:
+    """Add `value` as an initializer with one copy of its bytes (from_array + append make three,
+    which took seconds for the folded 400 MB weights of VGG)."""
+    if value.dtype.kind not in "biuf":  # strings and exotic dtypes: the general path
+        graph.initializer.append(numpy_helper.from_array(value, name))
+        return graph.initializer[-1]
+    tensor = graph.initializer.add()
+    tensor.name = name
+    tensor.data_type = helper.np_dtype_to_tensor_dtype(value.dtype)
+    tensor.dims.extend(value.shape)
+    tensor.raw_data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+    return tensor
 
 
 def _set_initializer(graph: onnx.GraphProto, tensor: onnx.TensorProto) -> None:

@@ -1,0 +1,329 @@
+"""The σ optimisation (METHOD §2–§4): the widest Gaussian input cloud whose features stay within τ.
+
+One *row* is one (image, layer) pair with its own σ map. All rows are solved together, batched
+on the device:
+
+    maximise mean(log σ)  subject to  D(σ) = E_ε ‖h(P(x + σ⊙ε)) − h(P(x))‖² / (N·s²) = τ
+
+Solver: start on the constraint with a uniform σ (secant steps, D ∝ σ²); Adam on log σ for the
+Lagrangian D/τ − λ·mean(log σ) with dual ascent on log λ; Polyak-average the late iterates; then
+project onto the constraint by a uniform shift of log σ and measure D/τ on fresh noise until its
+standard error is at most 1 %.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InputError
+
+LOG_SIGMA_MIN = math.log(1e-6)
+#: Step of the dual ascent on log λ, per unit of relative constraint violation.
+DUAL_RATE = 0.1
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """Everything that decides the answer; identical τ for every layer and model (fairness)."""
+
+    tau: float = 0.1
+    steps: int = 100
+    samples: int = 16  # noise samples per row per step
+    lr: float = 0.1
+    grid: int | None = None  # σ on a grid×grid lattice, upsampled by nearest neighbour
+    sigma_max: float = 1.0
+    tolerance: float = 0.05  # converged when |D/τ − 1| <= tolerance
+    max_standard_error: float = 0.01  # of the final D/τ estimate, relative
+    eval_samples: int = 64
+    max_eval_samples: int = 4096
+    max_batch: int = 256  # forward passes per chunk; halved on out-of-memory
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.tau > 0:
+            raise InputError(f"--tau {self.tau}: the distortion budget must be > 0 (default 0.1)")
+        if self.steps <= 0:
+            raise InputError(f"--steps {self.steps}: give at least 1 optimisation step (default 150)")
+        if self.samples <= 0 or self.eval_samples <= 0:
+            raise InputError("--samples must be at least 1")
+        if not self.sigma_max > 0:
+            raise InputError(f"--sigma-max {self.sigma_max}: must be > 0 (default 1.0, the full pixel range)")
+        if self.grid is not None and self.grid <= 0:
+            raise InputError(f"--grid {self.grid}: give a positive grid size, e.g. 16")
+
+
+@dataclass(frozen=True)
+class Solution:
+    """σ maps of every row at full input resolution, and how well each met the budget."""
+
+    log_sigma: np.ndarray  # (rows, H, W), log of canonical units
+    d_over_tau: np.ndarray  # (rows,), measured on fresh noise
+    standard_error: np.ndarray  # (rows,), relative standard error of d_over_tau
+    eval_samples: np.ndarray  # (rows,), noise samples behind d_over_tau
+    multiplier: np.ndarray  # (rows,), final λ
+    converged: np.ndarray  # (rows,) bool
+    steps: int
+    seconds: float
+    max_batch: int  # after any out-of-memory halving
+
+
+Feature = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Distortion:
+    """D for each row: the normalised feature distortion of its layer under its σ map.
+
+    `features[layer]` maps a canonical batch to that layer's feature; each runs only as deep as
+    its layer, so rows of shallow layers cost little.
+    """
+
+    def __init__(self, features: Mapping[str, Feature], images: torch.Tensor, image_of_row: Sequence[int],
+                 layer_of_row: Sequence[str]):
+        self.features = dict(features)
+        self.images = images  # (n_images, C, H, W) canonical
+        device = images.device
+        self.layer_names = list(dict.fromkeys(layer_of_row))
+        self.image_of_row = torch.as_tensor(list(image_of_row), device=device)
+        self.layer_of_row = torch.as_tensor([self.layer_names.index(n) for n in layer_of_row], device=device)
+        with torch.no_grad():
+            self.clean = {name: self.features[name](images).float() for name in self.layer_names}
+        scale = []
+        for image, layer in zip(image_of_row, layer_of_row):
+            reference = self.clean[layer][image]
+            variance = float(reference.double().var(unbiased=False))
+            if not variance > 0:
+                raise InputError(
+                    f"layer '{layer}' is constant on image {image} (zero variance); "
+                    "its distortion is undefined — choose another layer"
+                )
+            scale.append(reference.numel() * variance)
+        self.scale = torch.tensor(scale, device=device)  # N·s² per row
+
+    @property
+    def rows(self) -> int:
+        return len(self.image_of_row)
+
+    def per_sample(self, log_sigma: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """D of each (row, sample): log_sigma (r, 1, H, W), noise (r, K, C, H, W) -> (r, K)."""
+        r, k = noise.shape[:2]
+        images = self.image_of_row[rows]
+        x = self.images[images].unsqueeze(1) + torch.exp(log_sigma).unsqueeze(1) * noise
+        result = torch.empty((r, k), device=noise.device, dtype=torch.float32)
+        layers = self.layer_of_row[rows]
+        for index in layers.unique().tolist():
+            local = (layers == index).nonzero().squeeze(1)
+            name = self.layer_names[index]
+            feature = self.features[name](x[local].flatten(0, 1)).unflatten(0, (len(local), k)).float()
+            reference = self.clean[name][images[local]].unsqueeze(1)
+            result[local] = (feature - reference).pow(2).flatten(2).sum(-1) / self.scale[rows[local]].unsqueeze(1)
+        return result
+
+
+class Solver:
+    """Solves every row of a `Distortion` under `SolverSettings`, chunked to fit the device."""
+
+    def __init__(self, distortion: Distortion, settings: SolverSettings, progress: Callable[[int], None] | None = None):
+        settings.validate()
+        self.d = distortion
+        self.s = settings
+        self.progress = progress or (lambda advance: None)
+        images = distortion.images
+        self.device = images.device
+        self.channels, self.height, self.width = images.shape[1:]
+        grid = settings.grid
+        self.lattice = (min(grid, self.height), min(grid, self.width)) if grid else (self.height, self.width)
+        self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        self.max_batch = settings.max_batch
+        self.rows = torch.arange(distortion.rows, device=self.device)
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def solve(self) -> Solution:
+        start = time.perf_counter()
+        s = self.s
+        theta = self._initial_log_sigma()
+        theta.requires_grad_(True)
+        log_multiplier = torch.full((self.d.rows,), math.log(2.0), device=self.device)
+        optimiser = torch.optim.Adam([theta], lr=s.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=s.steps, eta_min=s.lr / 10)
+        average, averaged = torch.zeros_like(theta), 0
+        for step in range(s.steps):
+            optimiser.zero_grad(set_to_none=True)
+            multiplier = log_multiplier.exp()
+            ratio = self._accumulate_gradient(theta, multiplier)
+            optimiser.step()
+            schedule.step()
+            with torch.no_grad():
+                theta.clamp_(LOG_SIGMA_MIN, math.log(s.sigma_max))
+                log_multiplier -= DUAL_RATE * (ratio - 1.0).clamp(-1.0, 1.0)
+                if step >= s.steps // 2:
+                    average += theta
+                    averaged += 1
+            self.progress(1)
+        theta = (average / max(averaged, 1)).detach()
+        theta, d_over_tau, se, n = self._project_and_measure(theta)
+        converged = (np.abs(d_over_tau - 1) <= s.tolerance) & (se <= s.max_standard_error)
+        return Solution(
+            log_sigma=self._full_resolution(theta).squeeze(1).cpu().numpy(),
+            d_over_tau=d_over_tau,
+            standard_error=se,
+            eval_samples=n,
+            multiplier=log_multiplier.exp().cpu().numpy(),
+            converged=converged,
+            steps=s.steps,
+            seconds=time.perf_counter() - start,
+            max_batch=self.max_batch,
+        )
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def _initial_log_sigma(self) -> torch.Tensor:
+        """A uniform σ on the constraint: secant steps using D ∝ σ²."""
+        level = torch.full((self.d.rows,), math.log(0.1 * self.s.sigma_max), device=self.device)
+        for _ in range(4):
+            theta = level.view(-1, 1, 1, 1).expand(-1, 1, *self.lattice)
+            ratio = self._mean_ratio(theta, self.s.samples)
+            level = (level - 0.5 * torch.log(ratio.clamp_min(1e-12))).clamp(LOG_SIGMA_MIN, math.log(self.s.sigma_max))
+        return level.view(-1, 1, 1, 1).expand(-1, 1, *self.lattice).clone()
+
+    def _accumulate_gradient(self, theta: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
+        """Backward of Σ_rows D/τ − λ·mean(log σ), chunk by chunk; returns each row's D/τ (detached)."""
+        ratios = torch.empty(self.d.rows, device=self.device)
+        for rows in self._chunks(self.s.samples):
+            noise = self._noise(len(rows), self.s.samples)
+            log_sigma = self._full_resolution(theta[rows])
+            d = self._run(lambda: self.d.per_sample(log_sigma, rows, noise).mean(1))
+            loss = (d / self.s.tau).sum() - (multiplier[rows] * log_sigma.flatten(1).mean(1)).sum()
+            loss.backward()
+            ratios[rows] = d.detach() / self.s.tau
+        return ratios
+
+    def _project_and_measure(self, theta: torch.Tensor):
+        """Shift log σ uniformly onto D = τ, then measure D/τ on fresh noise to 1 % standard error.
+
+        The shift is found on a cheap sample first (D ∝ σ²); the precise measurement runs once,
+        and once more only for rows it shows off the budget.
+        """
+        for _ in range(3):
+            ratio = self._mean_ratio(theta, self.s.eval_samples).cpu().numpy()
+            if np.all(np.abs(ratio - 1) <= self.s.tolerance / 4):
+                break
+            theta = self._shift(theta, ratio)
+        ratio, se, n = self._measure(theta)
+        if np.any(np.abs(ratio - 1) > self.s.tolerance / 2):
+            theta = self._shift(theta, ratio)
+            ratio, se, n = self._measure(theta)
+        return theta, ratio, se, n
+
+    def _shift(self, theta: torch.Tensor, ratio: np.ndarray) -> torch.Tensor:
+        shift = torch.as_tensor(-0.5 * np.log(np.clip(ratio, 1e-12, None)), device=self.device, dtype=theta.dtype)
+        return (theta + shift.view(-1, 1, 1, 1)).clamp(LOG_SIGMA_MIN, math.log(self.s.sigma_max))
+
+    def _measure(self, theta: torch.Tensor):
+        """D/τ per row on fresh noise, with enough samples for a relative standard error <= 1 %.
+
+        A pilot of `eval_samples` gives each row's coefficient of variation, hence the samples
+        needed; deep layers need hundreds, since one sample's distortion can vary by 30 %.
+        """
+        values = self._samples_ratio(theta, self.s.eval_samples)
+        while True:
+            n = values.shape[1]
+            mean = values.mean(1)
+            se = values.std(1) / math.sqrt(n) / mean.clamp_min(1e-12)
+            needed = int(math.ceil(n * float((se.max() / self.s.max_standard_error) ** 2) * 1.1))
+            if bool((se <= self.s.max_standard_error).all()) or n >= self.s.max_eval_samples:
+                break
+            extra = min(max(needed, 2 * n), self.s.max_eval_samples) - n
+            values = torch.cat([values, self._samples_ratio(theta, extra)], dim=1)
+        return mean.cpu().numpy(), se.cpu().numpy(), np.full(self.d.rows, n)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _mean_ratio(self, theta: torch.Tensor, samples: int) -> torch.Tensor:
+        return self._samples_ratio(theta, samples).mean(1)
+
+    def _samples_ratio(self, theta: torch.Tensor, samples: int) -> torch.Tensor:
+        out = torch.empty((self.d.rows, samples), device=self.device)
+        with torch.no_grad():  # no activations kept: chunks can be larger than in training
+            for rows in self._chunks(samples, self.max_batch * 4):
+                noise = self._noise(len(rows), samples)
+                out[rows] = self._run(lambda: self.d.per_sample(self._full_resolution(theta[rows]), rows, noise)) / self.s.tau
+        return out
+
+    def _full_resolution(self, theta: torch.Tensor) -> torch.Tensor:
+        if theta.shape[-2:] == (self.height, self.width):
+            return theta
+        return F.interpolate(theta, size=(self.height, self.width), mode="nearest")
+
+    def _noise(self, rows: int, samples: int) -> torch.Tensor:
+        shape = (rows, samples, self.channels, self.height, self.width)
+        return torch.randn(shape, generator=self.generator, device=self.device)
+
+    def _chunks(self, samples: int, batch: int | None = None):
+        per_chunk = max(1, (batch or self.max_batch) // samples)
+        return [self.rows[i : i + per_chunk] for i in range(0, self.d.rows, per_chunk)]
+
+    def _run(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run `compute`; on device out-of-memory halve the batch for the rest of the solve and retry."""
+        try:
+            return compute()
+        except torch.OutOfMemoryError:
+            if self.max_batch <= 1:
+                raise InputError("out of device memory even at one sample per batch; use a smaller input or --device cpu") from None
+            self.max_batch //= 2
+            torch.cuda.empty_cache()
+            raise _RetrySmaller() from None
+
+
+class _RetrySmaller(Exception):
+    """Internal: a chunk ran out of memory and the batch was halved."""
+
+
+def solve(distortion: Distortion, settings: SolverSettings, progress: Callable[[int], None] | None = None) -> Solution:
+    """Solve every row; an out-of-memory restarts the solve at half the batch (say so in the report)."""
+    while True:
+        solver = Solver(distortion, settings, progress)
+        try:
+            return solver.solve()
+        except _RetrySmaller:
+            settings = _replace_batch(settings, solver.max_batch)
+
+
+def _replace_batch(settings: SolverSettings, max_batch: int) -> SolverSettings:
+    from dataclasses import replace
+
+    return replace(settings, max_batch=max_batch)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when torch sees a GPU, else CPU; `cuda` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False); use --device cpu or auto")
+        return torch.device(name)
+    raise InputError(f"--device {name!r}: use auto, cpu or cuda")
+
+
+class Pipeline(nn.Module):
+    """h_l(P(x)) for one layer: the preprocessing, then the converted module cut after that layer."""
+
+    def __init__(self, preprocess: nn.Module, extractor: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.extractor = extractor
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extractor(self.preprocess(x))[self.layer]

@@ -223,7 +223,7 @@ def analyze(
     features = {name: Pipeline(preprocess, prepared.module.only(name), name).to(torch_device) for name in names}
     image_of_row = [i for _ in names for i in range(len(canonical))]
     layer_of_row = [name for name in names for _ in canonical]
-    distortion = Distortion(features, batch.to(torch_device), image_of_row, layer_of_row)
+    distortion = Distortion(features, batch.to(torch_device), image_of_row, layer_of_row, [i.name for i in canonical])
     total = settings.steps
     solution = solve(distortion, settings, (lambda advance: progress(advance, total)) if progress else None)
 

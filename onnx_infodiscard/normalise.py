@@ -233,7 +233,9 @@ def infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     for it at all); the shapes found are copied back.
     """
     before = len(model.graph.value_info)
-    del model.graph.value_info[:]  # stale shapes (from a hard-coded batch) would win over new ones
+    # Stale shapes (from a hard-coded batch) would win over new ones, the outputs' included.
+    del model.graph.value_info[:]
+    _clear_output_shapes(model.graph)
     skeleton = _skeleton(model)
     try:
         inferred = shape_inference.infer_shapes(skeleton, data_prop=True)
@@ -258,7 +260,7 @@ def rewrite_asymmetric_average_pool(model: onnx.ModelProto) -> tuple[onnx.ModelP
         if node.op_type != "AveragePool" or not pads or _symmetric(pads):
             nodes.append(node)
             continue
-        nodes.extend(_pad_then_pool(graph, node, pads, shapes.get(node.input[0])))
+        nodes.extend(_pad_then_pool(graph, node, pads, shapes.get(node.input[0]), default_opset(model)))
         rewritten += 1
     if not rewritten:
         return model, None
@@ -375,9 +377,15 @@ def _fix_input_shape(
     # Intermediate shapes recorded for the old dims would now be stale.
     del model.graph.value_info[:]
     _check_memory(model, value.name, [1, *fixed])  # before any pass allocates per-pixel arrays
-    for output in model.graph.output:
-        output.type.tensor_type.ClearField("shape")
+    _clear_output_shapes(model.graph)
     return model, (f"input '{value.name}' {before} -> {after}" if before != after else None)
+
+
+def _clear_output_shapes(graph: onnx.GraphProto) -> None:
+    """Output shapes are derived from the input's; inference writes them again."""
+    for output in graph.output:
+        if output.type.HasField("tensor_type"):
+            output.type.tensor_type.ClearField("shape")
 
 
 def _check_finite_weights(model: onnx.ModelProto) -> None:
@@ -621,8 +629,13 @@ def _symmetric(pads: Sequence[int]) -> bool:
     return list(pads[:half]) == list(pads[half:])
 
 
-def _pad_then_pool(graph: onnx.GraphProto, node: onnx.NodeProto, pads: Sequence[int], in_shape) -> list[onnx.NodeProto]:
-    """Zero-pad explicitly, pool without padding, then rescale edge windows to the valid count."""
+def _pad_then_pool(
+    graph: onnx.GraphProto, node: onnx.NodeProto, pads: Sequence[int], in_shape, opset: int
+) -> list[onnx.NodeProto]:
+    """Zero-pad explicitly, pool without padding, then rescale edge windows to the valid count.
+
+    Before opset 11, Pad takes its pads as an attribute (Caffe2 graphs are opset 8 or 9).
+    """
     half = len(pads) // 2
     kernel = list(_attribute(node, "kernel_shape"))
     strides = list(_attribute(node, "strides") or [1] * half)
@@ -632,8 +645,11 @@ def _pad_then_pool(graph: onnx.GraphProto, node: onnx.NodeProto, pads: Sequence[
     base = node.output[0]
     pad_name, pooled = f"{base}__pads", f"{base}__padded"
     full_pads = [0, 0, *pads[:half], 0, 0, *pads[half:]]
-    graph.initializer.append(numpy_helper.from_array(np.array(full_pads, dtype=np.int64), pad_name))
-    pad = helper.make_node("Pad", [node.input[0], pad_name], [f"{base}__in"], name=f"{node.name}__pad", mode="constant")
+    if opset < 11:
+        pad = helper.make_node("Pad", [node.input[0]], [f"{base}__in"], name=f"{node.name}__pad", mode="constant", pads=full_pads)
+    else:
+        graph.initializer.append(numpy_helper.from_array(np.array(full_pads, dtype=np.int64), pad_name))
+        pad = helper.make_node("Pad", [node.input[0], pad_name], [f"{base}__in"], name=f"{node.name}__pad", mode="constant")
     pool_out = base if count_pad else pooled
     pool = helper.make_node(
         "AveragePool", [f"{base}__in"], [pool_out], name=node.name, kernel_shape=kernel, strides=strides

@@ -86,7 +86,7 @@ class Distortion:
     """
 
     def __init__(self, features: Mapping[str, Feature], images: torch.Tensor, image_of_row: Sequence[int],
-                 layer_of_row: Sequence[str]):
+                 layer_of_row: Sequence[str], image_names: Sequence[str] | None = None):
         self.features = dict(features)
         self.images = images  # (n_images, C, H, W) canonical
         device = images.device
@@ -100,9 +100,10 @@ class Distortion:
             reference = self.clean[layer][image]
             variance = float(reference.double().var(unbiased=False))
             if not variance > 0:
+                shown = image_names[image] if image_names else f"#{image}"
                 raise InputError(
-                    f"layer '{layer}' is constant on image {image} (zero variance); "
-                    "its distortion is undefined — choose another layer"
+                    f"layer '{layer}' is constant on image {shown} (zero variance, e.g. every ReLU off); "
+                    "its distortion is undefined — choose another layer or check the preprocessing"
                 )
             scale.append(reference.numel() * variance)
         self.scale = torch.tensor(scale, device=device)  # N·s² per row
@@ -190,7 +191,7 @@ class Solver:
         level = torch.full((self.d.rows,), math.log(0.1 * self.s.sigma_max), device=self.device)
         for _ in range(4):
             theta = level.view(-1, 1, 1, 1).expand(-1, 1, *self.lattice)
-            ratio = self._mean_ratio(theta, self.s.samples)
+            ratio = self._samples_ratio(theta, self.s.samples, self.rows).mean(1)
             level = (level - 0.5 * torch.log(ratio.clamp_min(1e-12))).clamp(LOG_SIGMA_MIN, math.log(self.s.sigma_max))
         return level.view(-1, 1, 1, 1).expand(-1, 1, *self.lattice).clone()
 
@@ -209,54 +210,67 @@ class Solver:
     def _project_and_measure(self, theta: torch.Tensor):
         """Shift log σ uniformly onto D = τ, then measure D/τ on fresh noise to 1 % standard error.
 
-        The shift is found on a cheap sample first (D ∝ σ²); the precise measurement runs once,
-        and once more only for rows it shows off the budget.
+        A cheap pilot sample places the shift (D ∝ σ²); rows that the precise measurement finds
+        off the budget by more than their own noise shift once more and are measured again.
         """
-        for _ in range(3):
-            ratio = self._mean_ratio(theta, self.s.eval_samples).cpu().numpy()
-            if np.all(np.abs(ratio - 1) <= self.s.tolerance / 4):
+        theta = self._shift(theta, self._samples_ratio(theta, self.s.eval_samples, self.rows).mean(1))
+        ratio, se, n = self._measure(theta, self.rows)
+        for _ in range(2):
+            off = (ratio - 1).abs() > torch.clamp(2 * se, min=self.s.tolerance / 5)
+            if not bool(off.any()):
                 break
-            theta = self._shift(theta, ratio)
-        ratio, se, n = self._measure(theta)
-        if np.any(np.abs(ratio - 1) > self.s.tolerance / 2):
-            theta = self._shift(theta, ratio)
-            ratio, se, n = self._measure(theta)
-        return theta, ratio, se, n
+            rows = self.rows[off]
+            theta[rows] = self._shift(theta[rows], ratio[off])
+            ratio[off], se[off], n[off] = self._measure(theta, rows)
+        return theta, ratio.cpu().numpy(), se.cpu().numpy(), n.cpu().numpy()
 
-    def _shift(self, theta: torch.Tensor, ratio: np.ndarray) -> torch.Tensor:
-        shift = torch.as_tensor(-0.5 * np.log(np.clip(ratio, 1e-12, None)), device=self.device, dtype=theta.dtype)
-        return (theta + shift.view(-1, 1, 1, 1)).clamp(LOG_SIGMA_MIN, math.log(self.s.sigma_max))
+    def _shift(self, theta: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        """Scale σ by sqrt(1/ratio); positions already at σ_max stay there (fully discarded)."""
+        top = math.log(self.s.sigma_max)
+        shift = -0.5 * torch.log(ratio.clamp_min(1e-12)).to(theta.dtype).view(-1, 1, 1, 1)
+        return torch.where(theta >= top - 1e-6, theta, theta + shift).clamp(LOG_SIGMA_MIN, top)
 
-    def _measure(self, theta: torch.Tensor):
-        """D/τ per row on fresh noise, with enough samples for a relative standard error <= 1 %.
+    def _measure(self, theta: torch.Tensor, rows: torch.Tensor):
+        """D/τ of `rows` on fresh noise, each with enough samples for a relative standard error <= 1 %.
 
-        A pilot of `eval_samples` gives each row's coefficient of variation, hence the samples
-        needed; deep layers need hundreds, since one sample's distortion can vary by 30 %.
+        A pilot of `eval_samples` gives each row's coefficient of variation, hence the samples it
+        needs; deep layers need hundreds, since one sample's distortion can vary by 30 %.
         """
-        values = self._samples_ratio(theta, self.s.eval_samples)
-        while True:
-            n = values.shape[1]
-            mean = values.mean(1)
-            se = values.std(1) / math.sqrt(n) / mean.clamp_min(1e-12)
-            needed = int(math.ceil(n * float((se.max() / self.s.max_standard_error) ** 2) * 1.1))
-            if bool((se <= self.s.max_standard_error).all()) or n >= self.s.max_eval_samples:
-                break
-            extra = min(max(needed, 2 * n), self.s.max_eval_samples) - n
-            values = torch.cat([values, self._samples_ratio(theta, extra)], dim=1)
-        return mean.cpu().numpy(), se.cpu().numpy(), np.full(self.d.rows, n)
+        count = torch.zeros(len(rows), dtype=torch.float64, device=self.device)
+        total, squares = torch.zeros_like(count), torch.zeros_like(count)
+        active, samples = torch.arange(len(rows), device=self.device), self.s.eval_samples
+        while len(active):
+            values = self._samples_ratio(theta, samples, rows[active]).double()
+            count[active] += samples
+            total[active] += values.sum(1)
+            squares[active] += values.pow(2).sum(1)
+            mean = total / count
+            variance = (squares / count - mean**2).clamp_min(0) * count / (count - 1).clamp_min(1)
+            se = (variance / count).sqrt() / mean.clamp_min(1e-12)
+            needed = (count * (se / self.s.max_standard_error) ** 2 * 1.1).ceil().clamp(max=self.s.max_eval_samples)
+            active = ((se > self.s.max_standard_error) & (count < self.s.max_eval_samples)).nonzero().squeeze(1)
+            if len(active):
+                samples = int((needed[active] - count[active]).max().clamp(min=count[active].min()))
+                samples = min(samples, self.s.max_eval_samples - int(count[active].max()))
+        return mean.float(), se.float(), count.long()
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _mean_ratio(self, theta: torch.Tensor, samples: int) -> torch.Tensor:
-        return self._samples_ratio(theta, samples).mean(1)
-
-    def _samples_ratio(self, theta: torch.Tensor, samples: int) -> torch.Tensor:
-        out = torch.empty((self.d.rows, samples), device=self.device)
-        with torch.no_grad():  # no activations kept: chunks can be larger than in training
-            for rows in self._chunks(samples, self.max_batch * 4):
-                noise = self._noise(len(rows), samples)
-                out[rows] = self._run(lambda: self.d.per_sample(self._full_resolution(theta[rows]), rows, noise)) / self.s.tau
-        return out
+    def _samples_ratio(self, theta: torch.Tensor, samples: int, rows: torch.Tensor) -> torch.Tensor:
+        """D/τ of `samples` fresh noise draws for each of `rows`, (len(rows), samples); no autograd."""
+        batch = self.max_batch * 4  # without activations kept, chunks can be larger than in training
+        blocks = []
+        with torch.no_grad():
+            for start in range(0, samples, batch):
+                block = min(batch, samples - start)
+                out = torch.empty((len(rows), block), device=self.device)
+                for local in self._chunks(block, batch, len(rows)):
+                    chunk = rows[local]
+                    noise = self._noise(len(chunk), block)
+                    log_sigma = self._full_resolution(theta[chunk])
+                    out[local] = self._run(lambda: self.d.per_sample(log_sigma, chunk, noise)) / self.s.tau
+                blocks.append(out)
+        return torch.cat(blocks, dim=1)
 
     def _full_resolution(self, theta: torch.Tensor) -> torch.Tensor:
         if theta.shape[-2:] == (self.height, self.width):
@@ -267,9 +281,11 @@ class Solver:
         shape = (rows, samples, self.channels, self.height, self.width)
         return torch.randn(shape, generator=self.generator, device=self.device)
 
-    def _chunks(self, samples: int, batch: int | None = None):
+    def _chunks(self, samples: int, batch: int | None = None, count: int | None = None) -> list[torch.Tensor]:
+        """Index ranges over `count` rows (default all) so that rows × samples fits one batch."""
+        count = self.d.rows if count is None else count
         per_chunk = max(1, (batch or self.max_batch) // samples)
-        return [self.rows[i : i + per_chunk] for i in range(0, self.d.rows, per_chunk)]
+        return [self.rows[i : min(i + per_chunk, count)] for i in range(0, count, per_chunk)]
 
     def _run(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run `compute`; on device out-of-memory halve the batch for the rest of the solve and retry."""

@@ -62,17 +62,20 @@ class BasicBlock(nn.Module):
 
 
 class ResNetLike(nn.Module):
-    """Conv-BN-ReLU stem, two residual blocks (one downsampling), global pool, flatten, linear."""
+    """Conv-BN-ReLU stem, two residual blocks (one downsampling), a final BN-ReLU, global pool,
+    flatten, linear. Exporters fold a BN that follows a Conv into it; the final one follows a ReLU,
+    so a BatchNormalization node stays in the graph."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
         self.block1 = BasicBlock(8, 8, 1)
         self.block2 = BasicBlock(8, 16, 2)
+        self.final = nn.Sequential(nn.BatchNorm2d(16), nn.ReLU())
         self.fc = nn.Linear(16, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block2(self.block1(self.stem(x)))
+        x = self.final(self.block2(self.block1(self.stem(x))))
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
@@ -231,7 +234,7 @@ def nhwc_keras_like(size: int = 32) -> onnx.ModelProto:
         [helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["unk__7", 10])],
         inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="tf2onnx")
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="tf2onnx", ir_version=8)
 
 
 def small_cnn(

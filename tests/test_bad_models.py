@@ -26,7 +26,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *fragm
     assert result.returncode == code, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    print("\nMSG", result.returncode, lines)
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: "), lines[0]
     for fragment in fragments:

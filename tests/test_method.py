@@ -1,0 +1,166 @@
+"""The oracles of METHOD §6: closed forms the σ optimiser must recover, and invariances."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from onnx_infodiscard import metrics
+from onnx_infodiscard.analysis import analyze
+from onnx_infodiscard.perturb import Distortion, SolverSettings, solve
+from onnx_infodiscard.preprocess import Preprocessing
+
+TAU = 0.1
+
+
+def _solve(feature, image: torch.Tensor, **settings):
+    distortion = Distortion({"f": feature}, image[None], [0], ["f"])
+    return solve(distortion, SolverSettings(tau=TAU, **settings))
+
+
+def test_linear_layer_recovers_the_closed_form():
+    """h(x) = W·vec(x): σ_uv² = τ / (n·a_uv), a_uv = Σ_c ‖W[:, c,u,v]‖² / (N·s²)."""
+    torch.manual_seed(0)
+    channels, size, outputs = 3, 8, 24
+    weight = torch.randn(outputs, channels * size * size) * torch.linspace(0.2, 2.0, size * size).repeat(channels)
+    image = torch.rand(channels, size, size)
+    feature = lambda x: x.flatten(1) @ weight.T  # noqa: E731
+    clean = feature(image[None])[0]
+    a = (weight.reshape(outputs, channels, size, size) ** 2).sum((0, 1)) / (clean.numel() * clean.var(unbiased=False))
+    sigma_true = torch.sqrt(TAU / (size * size * a)).numpy()
+
+    solution = _solve(feature, image, sigma_max=100.0, max_standard_error=0.005)
+
+    log_sigma = solution.log_sigma[0]
+    mean_entropy_error = metrics.cid(metrics.entropy_map(log_sigma)) - metrics.cid(metrics.entropy_map(np.log(sigma_true)))
+    assert abs(mean_entropy_error) <= 0.01
+    assert np.median(np.abs(np.exp(log_sigma) / sigma_true - 1)) <= 0.05
+    assert solution.converged[0] and abs(solution.d_over_tau[0] - 1) <= 0.05
+    assert solution.multiplier[0] == pytest.approx(2.0, rel=0.25)  # the linear case's λ
+
+
+def test_identity_layer_is_uniform_at_sqrt_tau_std():
+    torch.manual_seed(1)
+    image = torch.rand(3, 12, 12)
+    solution = _solve(lambda x: x, image)
+    sigma = np.exp(solution.log_sigma[0])
+    expected = math.sqrt(TAU) * float(image.std(unbiased=False))
+    assert np.median(np.abs(sigma / expected - 1)) <= 0.05
+    cid = metrics.cid(metrics.entropy_map(solution.log_sigma[0]))
+    assert cid == pytest.approx(metrics.input_cid(image.numpy(), TAU), abs=0.01)
+
+
+def test_a_region_the_layer_ignores_saturates_at_sigma_max():
+    torch.manual_seed(2)
+    conv = nn.Conv2d(1, 4, 3, padding=1)
+    feature = lambda x: torch.relu(conv(x[..., :8]))  # noqa: E731  (ignores columns 8..15)
+    image = torch.rand(1, 16, 16)
+    solution = _solve(feature, image, sigma_max=1.0)
+    log_sigma = solution.log_sigma[0]
+    ignored, used = log_sigma[:, 9:], log_sigma[:, :7]
+    assert metrics.saturated_fraction(ignored, 1.0) == 1.0
+    assert metrics.saturated_fraction(used, 1.0) == 0.0
+
+
+def test_sensitivity_ranks_pixels_like_negative_entropy():
+    log_sigma = np.random.default_rng(0).normal(size=(6, 6))
+    sensitivity = metrics.sensitivity_map(log_sigma)
+    assert sensitivity.max() == pytest.approx(1.0)
+    assert (np.argsort(sensitivity, axis=None) == np.argsort(-log_sigma, axis=None)).all()
+
+
+def test_concentration_is_background_minus_foreground():
+    entropy = np.zeros((4, 4))
+    entropy[0, :] = 2.0
+    foreground = np.zeros((4, 4), dtype=bool)
+    foreground[2:, :] = True
+    assert metrics.concentration(entropy, foreground) == pytest.approx(1.0)
+
+
+# --- invariances through the whole pipeline (ONNX export -> analyze) -------------------------
+
+MEAN, STD = 0.4, 0.25
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, normalise_inside: bool = False, nhwc: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.normalise_inside = normalise_inside
+        self.nhwc = nhwc
+
+    def forward(self, x):
+        if self.nhwc:
+            x = x.permute(0, 3, 1, 2)
+        if self.normalise_inside:
+            x = (x - MEAN) / STD
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))))
+
+
+def _export(module: nn.Module, path, shape) -> str:
+    torch.onnx.export(module, torch.rand(*shape), str(path), dynamo=False, opset_version=13,
+                      input_names=["image"], output_names=["out"])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("images") / "blob.png"
+    yy, xx = np.mgrid[:16, :16]
+    blob = np.exp(-((yy - 7) ** 2 + (xx - 9) ** 2) / 12.0)
+    Image.fromarray((255 * (0.2 + 0.7 * blob)).astype(np.uint8)).save(path)
+    return path
+
+
+def _relu_layers(path: str) -> list[str]:
+    from onnx_infodiscard.check import open_model
+    from onnx_infodiscard.layers import list_layers
+
+    return [layer.name for layer in list_layers(open_model(path)[1]) if layer.op_type == "Relu"]
+
+
+FAST = SolverSettings(steps=40, samples=8, eval_samples=64)
+NORMALISED = Preprocessing(mean=(MEAN,), std=(STD,))
+
+
+def test_preprocessing_inside_the_graph_or_given_to_the_analyzer_gives_the_same_maps(tmp_path, image_file):
+    inside = _export(SmallCNN(normalise_inside=True), tmp_path / "inside.onnx", (1, 1, 16, 16))
+    outside = _export(SmallCNN(), tmp_path / "outside.onnx", (1, 1, 16, 16))
+    a = analyze(inside, [image_file], _relu_layers(inside), settings=FAST, preprocessing=Preprocessing())
+    b = analyze(outside, [image_file], _relu_layers(outside), settings=FAST,
+                preprocessing=Preprocessing(mean=(MEAN,), std=(STD,)))
+    for ra, rb in zip(a.results, b.results):
+        assert np.abs(ra.entropy - rb.entropy).max() < 0.02
+        assert ra.cid == pytest.approx(rb.cid, abs=2e-3)
+
+
+def test_nchw_and_nhwc_exports_give_the_same_maps(tmp_path, image_file):
+    nchw = _export(SmallCNN(), tmp_path / "nchw.onnx", (1, 1, 16, 16))
+    nhwc = _export(SmallCNN(nhwc=True), tmp_path / "nhwc.onnx", (1, 16, 16, 1))
+    a = analyze(nchw, [image_file], _relu_layers(nchw), settings=FAST,
+                preprocessing=Preprocessing(mean=(MEAN,), std=(STD,)))
+    b = analyze(nhwc, [image_file], _relu_layers(nhwc), settings=FAST,
+                preprocessing=Preprocessing(mean=(MEAN,), std=(STD,), layout="nhwc"))
+    assert b.input_shape == (1, 16, 16, 1)
+    for ra, rb in zip(a.results, b.results):
+        assert np.abs(ra.entropy - rb.entropy).max() < 0.02
+
+
+def test_same_seed_same_numbers_on_cpu(tmp_path, image_file):
+    model = _export(SmallCNN(), tmp_path / "m.onnx", (1, 1, 16, 16))
+    runs = [analyze(model, [image_file], ["auto"], settings=FAST, device="cpu", preprocessing=NORMALISED)
+            for _ in range(2)]
+    for ra, rb in zip(runs[0].results, runs[1].results):
+        assert np.array_equal(ra.log_sigma, rb.log_sigma)
+        assert ra.d_over_tau == rb.d_over_tau
+    other = analyze(model, [image_file], ["auto"], settings=SolverSettings(**{**FAST.__dict__, "seed": 1}),
+                    preprocessing=NORMALISED)
+    assert not np.array_equal(other.results[0].log_sigma, runs[0].results[0].log_sigma)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -149,6 +151,9 @@ def analyze(
     input_shape: InputShapeOpt = None,
     input_name: InputNameOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (written atomically).")] = Path("infodiscard-report"),
+    ru: Annotated[bool, typer.Option("--ru", help="Also reconstruction uncertainty (trains or loads decoders).")] = False,
+    train_images: Annotated[Optional[Path], typer.Option("--train-images", help="Decoder training images (default: the card's).")] = None,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Train decoders anew instead of using the cache.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure how much of each image's information each chosen layer discards (CID maps)."""
@@ -164,12 +169,18 @@ def analyze(
     }
     foreground = Foreground.parse(fg, fg_mask, fg_boxes)
     with _progress(as_json) as bar:
-        task = bar.add_task("optimising σ", total=None)
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, advance: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], advance=advance)
+
         report = run_analysis(
             model, images, layer or ["auto"], settings=settings, preprocessing_overrides=overrides,
             foreground=foreground, device=device, input_name=input_name,
-            input_shape=parse_ints(input_shape, "--input-shape"),
-            progress=lambda advance, total: bar.update(task, advance=advance, total=total),
+            input_shape=parse_ints(input_shape, "--input-shape"), ru=ru,
+            train_images=[train_images] if train_images else None, retrain=retrain, progress=progress,
         )
     folder = write_report(report, out)
     if as_json:
@@ -183,17 +194,39 @@ def analyze(
         raise SystemExit(4)
 
 
+def _with_defaults(command, **defaults):
+    """The same command with other defaults: `ru` is `analyze --ru`, options and all."""
+    signature = inspect.signature(command, eval_str=True)
+    parameters = [p.replace(default=defaults[p.name]) if p.name in defaults else p
+                  for p in signature.parameters.values()]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        return command(*args, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=parameters)
+    return wrapper
+
+
+app.command(
+    "ru", help="Reconstruction uncertainty (RU) per layer, beside CID: `analyze --ru`, with every analyze option."
+)(_with_defaults(analyze, ru=True))
+
+
 def _print_summary(report, folder: Path) -> None:
     stderr.print(f"[dim]{report.crosscheck.note}; device {report.device}; {report.seconds:.1f} s[/dim]")
     for note in report.notes:
         stderr.print(f"[yellow]note: {note}[/yellow]")
     table = Table(title=f"information discarding, τ={report.settings.tau} (nats per input value)")
-    for column in ("layer", "depth", "CID", "ΔCID", "concentration", "D/τ", "images"):
+    has_ru = any(r.ru is not None for r in report.results)
+    columns = ["layer", "depth", "CID", "ΔCID", "concentration", "D/τ", "images"] + (["RU", "PSNR dB"] if has_ru else [])
+    for column in columns:
         table.add_column(column, justify="left" if column == "layer" else "right")
-    fmt = lambda v: "–" if v is None else f"{v:.3f}"
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     for row in report.layer_means():
+        extra = [fmt(row["ru"]), fmt(row["decoder_psnr"])] if has_ru else []
         table.add_row(row["layer"], f"{row['depth']:.2f}", fmt(row["cid"]), fmt(row["delta_cid"]),
-                      fmt(row["concentration"]), fmt(row["d_over_tau"]), str(row["n_images"]))
+                      fmt(row["concentration"]), fmt(row["d_over_tau"]), str(row["n_images"]), *extra)
     stdout.print(table)
     stdout.print(f"report: {folder / 'report.html'}")
 

@@ -21,7 +21,8 @@ from .images import (
 from .layers import Layer
 from .load import load_model
 from .normalise import image_input, _dims
-from .perturb import Distortion, Pipeline, SolverSettings, resolve_device, solve
+from .perturb import RECONSTRUCTION_FLOOR, Distortion, Pipeline, SolverSettings, resolve_device, solve
+from .ru import DecoderConfig, trained_decoder
 from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
 
 SCHEMA_VERSION = 1
@@ -68,6 +69,23 @@ class Foreground:
 
 
 @dataclass(frozen=True)
+class RUResult:
+    """Reconstruction uncertainty of one (image, layer) under the same budget τ as CID."""
+
+    mean: float  # nats per input value: mean over c, u, v of ½ log(2πe·E[(g(h(x')) − x)²])
+    per_channel: tuple[float, ...]
+    map: np.ndarray = field(repr=False)  # (H, W), averaged over channels
+    converged: bool = False
+    d_over_tau: float = float("nan")
+    decoder_mse: float = float("nan")  # held out, canonical units²
+    decoder_psnr: float = float("nan")  # dB
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean, "per_channel": list(self.per_channel), "converged": self.converged,
+                "d_over_tau": self.d_over_tau, "decoder_mse": self.decoder_mse, "decoder_psnr": self.decoder_psnr}
+
+
+@dataclass(frozen=True)
 class LayerResult:
     """One (image, layer): its σ solution and metrics. Maps are (H, W) at the model's resolution."""
 
@@ -90,10 +108,13 @@ class LayerResult:
     multiplier: float
     steps: int
     seconds: float
+    ru: RUResult | None = None
 
     def to_json(self) -> dict:
-        data = {k: v for k, v in asdict(self).items() if k not in ("log_sigma", "entropy", "sensitivity")}
-        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in data.items()}
+        arrays = ("log_sigma", "entropy", "sensitivity", "ru")
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in arrays}
+        data["ru"] = self.ru.to_json() if self.ru else None
+        return data
 
 
 @dataclass(frozen=True)
@@ -135,14 +156,14 @@ class Report:
         rows = []
         for layer in self.layers:
             results = [r for r in self.results if r.layer == layer.name and r.converged]
-            def mean(key):
-                values = [getattr(r, key) for r in results if getattr(r, key) is not None]
-                values = [v for v in values if np.isfinite(v)]
-                return float(np.mean(values)) if values else None
+            ru = [r.ru for r in self.results if r.layer == layer.name and r.ru is not None]
             rows.append({
                 "layer": layer.name, "index": layer.index, "op_type": layer.op_type, "depth": layer.depth,
-                "n_images": len(results), "cid": mean("cid"), "delta_cid": mean("delta_cid"),
-                "concentration": mean("concentration"), "d_over_tau": mean("d_over_tau"),
+                "n_images": len(results),
+                **{key: _mean_or_none([getattr(r, key) for r in results])
+                   for key in ("cid", "delta_cid", "concentration", "d_over_tau")},
+                "ru": _mean_or_none([r.mean for r in ru if r.converged]) if ru else None,
+                "decoder_psnr": _mean_or_none([r.decoder_psnr for r in ru]) if ru else None,
             })
         return rows
 
@@ -184,13 +205,19 @@ def analyze(
     device: str = "auto",
     input_name: str | None = None,
     input_shape: Sequence[int] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    ru: bool = False,
+    train_images: Sequence[str | Path] | None = None,
+    decoder_config: DecoderConfig = DecoderConfig(),
+    retrain: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
     """Measure each chosen layer's information discarding on each image.
 
     With no model, the embedded default (the shipped digits CNN); with no images, the images its
     model card names. Preprocessing: `preprocessing` as given, else the model card with
-    `preprocessing_overrides` (preset, scale, mean, std, layout, bgr) on top. `progress(advance, total)` is called as optimisation steps complete (images × layers × steps).
+    `preprocessing_overrides` (preset, scale, mean, std, layout, bgr) on top. 
+    With `ru`, also reconstruction uncertainty: decoders trained on `train_images` (default: the
+    card's) and cached. `progress(stage, advance, total)` reports optimisation steps and epochs.
     """
     start = time.perf_counter()
     settings.validate()
@@ -224,8 +251,14 @@ def analyze(
     image_of_row = [i for _ in names for i in range(len(canonical))]
     layer_of_row = [name for name in names for _ in canonical]
     distortion = Distortion(features, batch.to(torch_device), image_of_row, layer_of_row, [i.name for i in canonical])
-    total = settings.steps
-    solution = solve(distortion, settings, (lambda advance: progress(advance, total)) if progress else None)
+    report_progress = progress or (lambda stage, advance, total: None)
+    solution = solve(distortion, settings, lambda advance: report_progress("CID: optimising σ", advance, settings.steps))
+    ru_results = (
+        _reconstruction_uncertainty(distortion, features, settings, loaded.sha256, train_images or
+                                    card_images(model, card, "train_images"), (c, h, w), decoder_config, retrain,
+                                    report_progress, torch_device)
+        if ru else [None] * distortion.rows
+    )
 
     results = []
     summaries = []
@@ -251,7 +284,7 @@ def analyze(
                 converged=bool(solution.converged[row]), d_over_tau=float(solution.d_over_tau[row]),
                 d_over_tau_se=float(solution.standard_error[row]), eval_samples=int(solution.eval_samples[row]),
                 multiplier=float(solution.multiplier[row]), steps=solution.steps,
-                seconds=solution.seconds / len(solution.log_sigma),
+                seconds=solution.seconds / len(solution.log_sigma), ru=ru_results[row],
             ))
     return Report(
         tool_version=_version(), model_path=str(loaded.path), model_sha256=loaded.sha256,
@@ -264,6 +297,39 @@ def analyze(
         canonical_images=tuple(image.pixels for image in canonical),
         seconds=time.perf_counter() - start, notes=tuple(notes),
     )
+
+
+def _reconstruction_uncertainty(distortion, features, settings, model_sha256, train_paths, shape, config, retrain,
+                                progress, device) -> list[RUResult]:
+    """Train (or load) one decoder per layer, then solve the RU objective under the same budget."""
+    train = np.stack([image.pixels for image in load_images(find_images(train_paths), shape)])
+    decoders = {}
+    for name, feature in features.items():
+        decoders[name] = trained_decoder(
+            feature, name, train, model_sha256, config, retrain,
+            lambda advance, total, name=name: progress(f"RU: decoder {name}", advance, total), device,
+        )
+    solution, errors = solve(
+        distortion, settings, lambda advance: progress("RU: optimising σ", advance, settings.steps),
+        decoders={name: d.module for name, d in decoders.items()},
+        reconstruction_samples=max(256, settings.eval_samples),
+    )
+    results = []
+    for row in range(distortion.rows):
+        decoder = decoders[distortion.layer_names[int(distortion.layer_of_row[row])]]
+        entropy = 0.5 * np.log(2 * np.pi * np.e * (errors[row] + RECONSTRUCTION_FLOOR))  # (C, H, W)
+        results.append(RUResult(
+            mean=float(entropy.mean()), per_channel=tuple(float(v) for v in entropy.mean((1, 2))),
+            map=entropy.mean(0), converged=bool(solution.converged[row]),
+            d_over_tau=float(solution.d_over_tau[row]), decoder_mse=decoder.held_out_mse,
+            decoder_psnr=decoder.held_out_psnr,
+        ))
+    return results
+
+
+def _mean_or_none(values) -> float | None:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(values)) if values else None
 
 
 def _model_input_shape(proto, input_name, input_shape) -> tuple[int, ...]:

@@ -19,9 +19,10 @@ def default_model() -> Path:
     return DEFAULT_MODEL
 
 
-def card_images(model: Path, card: dict) -> list[Path]:
-    """The image folder a model card names, for runs that give a model but no images."""
-    folder = card.get("images")
+def card_images(model: Path, card: dict, key: str = "images") -> list[Path]:
+    """The image folder a model card names (`images`, `train_images`), for runs that give none."""
+    folder = card.get(key)
     if not folder:
-        raise InputError(f"no images given and the card of {model.name} names none; pass image files or a folder")
+        what = "training images (--train-images)" if key == "train_images" else "images"
+        raise InputError(f"no {what} given and the card of {model.name} names none; pass image files or a folder")
     return [model.parent / folder]

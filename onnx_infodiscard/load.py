@@ -53,11 +53,19 @@ def load_model(path: str | Path) -> LoadedModel:
     _check_opset(path, proto)
     _sort_nodes(path, proto.graph)
     _load_external_data(path, proto)
+    _check(path, proto)
+    return LoadedModel(path=path.resolve(), sha256=hashlib.sha256(data).hexdigest(), proto=proto)
+
+
+def _check(path: Path, proto: onnx.ModelProto) -> None:
+    """onnx.checker on the model; from the file when it is over protobuf's 2 GB in memory."""
     try:
-        onnx.checker.check_model(proto)
+        try:
+            onnx.checker.check_model(proto)
+        except ValueError:  # too large to serialise: the file keeps its weights external
+            onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as err:
         raise InputError(f"{path}: the ONNX checker rejects the model: {_first_line(err)}") from None
-    return LoadedModel(path=path.resolve(), sha256=hashlib.sha256(data).hexdigest(), proto=proto)
 
 
 def _check_opset(path: Path, proto: onnx.ModelProto) -> None:

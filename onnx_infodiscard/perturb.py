@@ -26,6 +26,8 @@ from torch import nn
 from .errors import InputError
 
 LOG_SIGMA_MIN = math.log(1e-6)
+#: Variance of 8-bit quantisation, (1/255)²/12: reconstruction errors below it carry no information.
+RECONSTRUCTION_FLOOR = (1 / 255) ** 2 / 12
 #: Step of the dual ascent on log λ, per unit of relative constraint violation.
 DUAL_RATE = 0.1
 
@@ -112,28 +114,41 @@ class Distortion:
     def rows(self) -> int:
         return len(self.image_of_row)
 
-    def per_sample(self, log_sigma: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """D of each (row, sample): log_sigma (r, 1, H, W), noise (r, K, C, H, W) -> (r, K)."""
+    def per_sample(self, log_sigma: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor,
+                   decoders: Mapping[str, nn.Module] | None = None):
+        """D of each (row, sample): log_sigma (r, 1, H, W), noise (r, K, C, H, W) -> (r, K).
+
+        With `decoders` ({layer: g}), also the squared reconstruction error (g(h(P(x'))) − x)²
+        of every sample, (r, K, C, H, W): what reconstruction uncertainty (RU) is made of.
+        """
         r, k = noise.shape[:2]
         images = self.image_of_row[rows]
-        x = self.images[images].unsqueeze(1) + torch.exp(log_sigma).unsqueeze(1) * noise
+        clean = self.images[images].unsqueeze(1)
+        x = clean + torch.exp(log_sigma).unsqueeze(1) * noise
         result = torch.empty((r, k), device=noise.device, dtype=torch.float32)
+        errors = torch.empty_like(noise) if decoders is not None else None
         layers = self.layer_of_row[rows]
         for index in layers.unique().tolist():
             local = (layers == index).nonzero().squeeze(1)
             name = self.layer_names[index]
-            feature = self.features[name](x[local].flatten(0, 1)).unflatten(0, (len(local), k)).float()
+            flat = self.features[name](x[local].flatten(0, 1))
+            feature = flat.unflatten(0, (len(local), k)).float()
             reference = self.clean[name][images[local]].unsqueeze(1)
             result[local] = (feature - reference).pow(2).flatten(2).sum(-1) / self.scale[rows[local]].unsqueeze(1)
-        return result
+            if errors is not None:
+                reconstruction = decoders[name](flat.float()).unflatten(0, (len(local), k))
+                errors[local] = (reconstruction - clean[local]).pow(2)
+        return result if errors is None else (result, errors)
 
 
 class Solver:
     """Solves every row of a `Distortion` under `SolverSettings`, chunked to fit the device."""
 
-    def __init__(self, distortion: Distortion, settings: SolverSettings, progress: Callable[[int], None] | None = None):
+    def __init__(self, distortion: Distortion, settings: SolverSettings, progress: Callable[[int], None] | None = None,
+                 decoders: Mapping[str, nn.Module] | None = None):
         settings.validate()
         self.d = distortion
+        self.decoders = decoders  # None: maximise the input entropy (CID); else the reconstruction's (RU)
         self.s = settings
         self.progress = progress or (lambda advance: None)
         images = distortion.images
@@ -196,16 +211,38 @@ class Solver:
         return level.view(-1, 1, 1, 1).expand(-1, 1, *self.lattice).clone()
 
     def _accumulate_gradient(self, theta: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
-        """Backward of Σ_rows D/τ − λ·mean(log σ), chunk by chunk; returns each row's D/τ (detached)."""
+        """Backward of Σ_rows D/τ − λ·gain, chunk by chunk; returns each row's D/τ (detached).
+
+        gain = mean(log σ) for CID; for RU the mean of ½ log E_ε[(g(h(P(x'))) − x)²].
+        """
         ratios = torch.empty(self.d.rows, device=self.device)
         for rows in self._chunks(self.s.samples):
             noise = self._noise(len(rows), self.s.samples)
             log_sigma = self._full_resolution(theta[rows])
-            d = self._run(lambda: self.d.per_sample(log_sigma, rows, noise).mean(1))
-            loss = (d / self.s.tau).sum() - (multiplier[rows] * log_sigma.flatten(1).mean(1)).sum()
+            if self.decoders is None:
+                d = self._run(lambda: self.d.per_sample(log_sigma, rows, noise)).mean(1)
+                gain = log_sigma.flatten(1).mean(1)
+            else:
+                d, errors = self._run(lambda: self.d.per_sample(log_sigma, rows, noise, self.decoders))
+                d = d.mean(1)
+                gain = 0.5 * torch.log(errors.mean(1) + RECONSTRUCTION_FLOOR).flatten(1).mean(1)
+            loss = (d / self.s.tau).sum() - (multiplier[rows] * gain).sum()
             loss.backward()
             ratios[rows] = d.detach() / self.s.tau
         return ratios
+
+    def reconstruction_error(self, log_sigma: np.ndarray, samples: int) -> np.ndarray:
+        """E_ε[(g(h(P(x'))) − x)²] per row, channel and pixel at the solved σ, (rows, C, H, W)."""
+        theta = torch.as_tensor(log_sigma, device=self.device).unsqueeze(1)
+        total = torch.zeros((self.d.rows, self.channels, self.height, self.width), device=self.device)
+        with torch.no_grad():
+            for start in range(0, samples, self.s.samples):
+                block = min(self.s.samples, samples - start)
+                for rows in self._chunks(block):
+                    noise = self._noise(len(rows), block)
+                    _, errors = self._run(lambda: self.d.per_sample(theta[rows], rows, noise, self.decoders))
+                    total[rows] += errors.sum(1)
+        return (total / samples).cpu().numpy()
 
     def _project_and_measure(self, theta: torch.Tensor):
         """Shift log σ uniformly onto D = τ, then measure D/τ on fresh noise to 1 % standard error.
@@ -215,7 +252,7 @@ class Solver:
         """
         theta = self._shift(theta, self._samples_ratio(theta, self.s.eval_samples, self.rows).mean(1))
         ratio, se, n = self._measure(theta, self.rows)
-        for _ in range(2):
+        for _ in range(4):
             off = (ratio - 1).abs() > torch.clamp(2 * se, min=self.s.tolerance / 5)
             if not bool(off.any()):
                 break
@@ -303,12 +340,19 @@ class _RetrySmaller(Exception):
     """Internal: a chunk ran out of memory and the batch was halved."""
 
 
-def solve(distortion: Distortion, settings: SolverSettings, progress: Callable[[int], None] | None = None) -> Solution:
-    """Solve every row; an out-of-memory restarts the solve at half the batch (say so in the report)."""
+def solve(distortion: Distortion, settings: SolverSettings, progress: Callable[[int], None] | None = None,
+          decoders: Mapping[str, nn.Module] | None = None, reconstruction_samples: int = 0):
+    """Solve every row; an out-of-memory restarts the solve at half the batch (the report says so).
+
+    With `decoders`, the RU objective; `reconstruction_samples` > 0 also returns E[(g − x)²] maps.
+    """
     while True:
-        solver = Solver(distortion, settings, progress)
+        solver = Solver(distortion, settings, progress, decoders)
         try:
-            return solver.solve()
+            solution = solver.solve()
+            if not reconstruction_samples:
+                return solution
+            return solution, solver.reconstruction_error(solution.log_sigma, reconstruction_samples)
         except _RetrySmaller:
             settings = _replace_batch(settings, solver.max_batch)
 

@@ -32,8 +32,10 @@ CSV_COLUMNS = (
     "image", "layer", "layer_index", "depth", "cid", "cid_total", "delta_cid", "concentration",
     "saturated_fraction", "converged", "d_over_tau", "d_over_tau_se", "eval_samples", "steps", "seconds",
 )
+RU_COLUMNS = ("ru", "ru_converged", "ru_d_over_tau", "decoder_psnr")
 
 ENTROPY_LABEL = "H (nats per value)"
+RU_LABEL = "RU (nats per value)"
 SENSITIVITY_LABEL = "sensitivity 1/σ² (max 1)"
 
 
@@ -220,9 +222,10 @@ def _csv_value(value) -> str:
 def _write_csv(report: Report, path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(CSV_COLUMNS + RU_COLUMNS)
         for r in report.results:
-            writer.writerow([_csv_value(getattr(r, column)) for column in CSV_COLUMNS])
+            ru = (r.ru.mean, r.ru.converged, r.ru.d_over_tau, r.ru.decoder_psnr) if r.ru else ("",) * len(RU_COLUMNS)
+            writer.writerow([_csv_value(getattr(r, column)) for column in CSV_COLUMNS] + [_csv_value(v) for v in ru])
 
 
 def _image_index(report: Report) -> list[int | None]:
@@ -327,8 +330,11 @@ def _plot_layer(report: Report, layer, results: list[LayerResult], images: list[
     tile, bar, gap, label = 2.6, 0.14, 0.12, 0.95
     title, header, margin = 0.52, 0.45, 0.12
     heights = [tile * min(max(r.entropy.shape[0] / max(r.entropy.shape[1], 1), 0.25), 2.0) for r in shown]
-    columns = [margin, margin + tile + gap + bar + label]  # left edge of each tile column
-    width = columns[1] + tile + gap + bar + label
+    has_ru = any(r.ru is not None for r in shown)
+    step = tile + gap + bar + label
+    columns = [margin + i * step for i in range(3 if has_ru else 2)]  # left edge of each tile column
+    width = columns[-1] + step
+    ru_norm = Normalize(*_finite_range([r.ru.map for r in shown if r.ru is not None])) if has_ru else None
     height = header + sum(h + title for h in heights) + margin
     figure = _figure(width, height)
     axis = figure.add_axes((0, 0, 1, 1))
@@ -350,7 +356,11 @@ def _plot_layer(report: Report, layer, results: list[LayerResult], images: list[
             overlay = 0.35 * np.clip(gray, 0, 1)[..., None] + 0.65 * overlay
         sensitivity = sensitivity_cmap(sensitivity_norm(np.nan_to_num(r.sensitivity)))[..., :3]
         y0 = top + title
-        for x0, pixels in zip(columns, (overlay, sensitivity)):
+        panels = [overlay, sensitivity]
+        if has_ru:
+            ru_map = r.ru.map if r.ru is not None else np.full_like(r.entropy, np.nan)
+            panels.append(entropy_cmap(ru_norm(np.nan_to_num(ru_map, nan=ru_norm.vmin)))[..., :3])
+        for x0, pixels in zip(columns, panels):
             axis.imshow(pixels, extent=(x0, x0 + tile, y0 + h, y0), aspect="auto", interpolation="nearest")
         status = f"CID {_fmt(r.cid)}  ΔCID {_fmt(r.delta_cid)}"
         if r.concentration is not None and math.isfinite(r.concentration):
@@ -365,15 +375,22 @@ def _plot_layer(report: Report, layer, results: list[LayerResult], images: list[
             style = {"fontsize": 8, "color": "red", "fontweight": "bold"}
             for x0 in columns:
                 axis.add_patch(Rectangle((x0, y0), tile, h, fill=False, edgecolor="red", linewidth=3))
-        for x0, text in zip(columns, (left_title, right_title)):
+        titles = [left_title, right_title]
+        if has_ru and r.ru is not None:
+            flag = "" if r.ru.converged else "NOT CONVERGED  "
+            titles.append(f"{flag}RU {_fmt(r.ru.mean)}  D/τ {_fmt(r.ru.d_over_tau)}\ndecoder PSNR {_fmt(r.ru.decoder_psnr, 1)} dB")
+        for x0, text in zip(columns, titles):
             axis.text(x0 + tile / 2, y0 - 0.05, text, ha="center", va="bottom", **style)
         top = y0 + h
 
     first, last = header + title, top
-    for x0, mappable, text in (
+    bars = [
         (columns[0], ScalarMappable(entropy_norm, entropy_cmap), ENTROPY_LABEL),
         (columns[1], ScalarMappable(sensitivity_norm, sensitivity_cmap), SENSITIVITY_LABEL),
-    ):
+    ]
+    if has_ru:
+        bars.append((columns[2], ScalarMappable(ru_norm, entropy_cmap), RU_LABEL))
+    for x0, mappable, text in bars:
         left = x0 + tile + gap
         cax = figure.add_axes((left / width, 1 - last / height, bar / width, (last - first) / height))
         colorbar = figure.colorbar(mappable, cax=cax)
@@ -529,15 +546,18 @@ def _html(report: Report, folder: Path, plots: list[tuple[str, object]]) -> str:
                  "distortion τ (nats per input value; high = information discarded). ΔCID: CID minus the "
                  "input's own (identity layer) CID. Concentration: mean background H − mean foreground H "
                  "(positive = the layer keeps the object and discards the background).</p>")
+    means = report.layer_means()
+    has_ru = any(r.ru is not None for r in report.results)
     rows = []
-    for m in report.layer_means():
+    for m in means:
         rows.append([m["index"], m["layer"], m["op_type"], m["depth"],
                      f"{m['n_images']} / {per_layer_total.get(m['layer'], 0)}",
-                     m["cid"], m["delta_cid"], m["concentration"], m["d_over_tau"]])
-    means = report.layer_means()
+                     m["cid"], m["delta_cid"], m["concentration"], m["d_over_tau"]]
+                    + ([m["ru"], m["decoder_psnr"]] if has_ru else []))
     parts.append(_table(
-        ["#", "layer", "op", "depth", "converged", "CID", "ΔCID", "concentration", "D/τ"], rows,
-        numeric={0, 3, 5, 6, 7, 8},
+        ["#", "layer", "op", "depth", "converged", "CID", "ΔCID", "concentration", "D/τ"]
+        + (["RU", "decoder PSNR (dB, held out)"] if has_ru else []), rows,
+        numeric={0, 3, 5, 6, 7, 8, 9, 10},
         row_class=lambda k: "unconverged" if means[k]["n_images"] < per_layer_total.get(means[k]["layer"], 0) else "",
     ))
 
@@ -547,7 +567,9 @@ def _html(report: Report, folder: Path, plots: list[tuple[str, object]]) -> str:
     parts.append("<h2>Maps per layer</h2>")
     parts.append('<p class="muted">Left: H<sub>uv</sub> (nats per value) over the grayscale image, one colour '
                  "scale per layer. Right: sensitivity s<sub>uv</sub> = 1/σ<sub>uv</sub>², scaled to a maximum "
-                 "of 1 (use it for boxes and thresholds). Unconverged results are framed in red.</p>")
+                 "of 1 (use it for boxes and thresholds). With RU, third: the reconstruction uncertainty "
+                 "½ log(2πe·E[(g(f(x'))−x)²]) per pixel (nats per value), beside its decoder's held-out PSNR. "
+                 "Unconverged results are framed in red.</p>")
     for name, layer in plots:
         count = per_layer_total.get(layer.name, 0)
         parts.append(f"<h3>layer {layer.index}: <code>{html.escape(layer.name)}</code> "

@@ -149,6 +149,23 @@ class TinyViT(nn.Module):
         return self.head(x[:, 0])
 
 
+class BatchFolding(nn.Module):
+    """Written for batch 1: `reshape(4, -1)` folds channel groups into dim 0 and `reshape(-1, ...)`
+    unfolds them. At batch N the group statistics mix samples while every shape stays right, so a
+    batched run is silently wrong; no surgery can tell, and only the per-sample loop is correct."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv1(x))
+        groups = y.reshape(4, -1)
+        y = (groups - groups.mean(1, keepdim=True)).reshape(-1, 8, 32, 32)
+        return torch.relu(self.conv2(y))
+
+
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial running statistics and affine weights, so a BN that is skipped or fed batch
     statistics shows up in the features."""

@@ -108,6 +108,11 @@ def _with_external_weight(folder: Path, location: str, write: bool) -> Path:
     return path
 
 
+def test_external_data_beside_the_model_loads(tmp_path):
+    result = run_check(_with_external_weight(tmp_path, "weights.bin", write=True), "--json")
+    assert result.returncode == 0, result.stderr
+
+
 def test_external_data_escaping_the_model_folder(tmp_path):
     path = _with_external_weight(tmp_path, "../outside.bin", write=True)
     assert (tmp_path / "outside.bin").is_file()

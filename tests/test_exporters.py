@@ -123,24 +123,37 @@ def test_vit_batched_noise_is_never_silently_wrong(exported_vit):
     _assert_close(batched[prepared.layers[-1].name], logits)
 
 
-def test_vit_fallback_is_needed_when_taken(exported_vit):
-    """When the check chose the per-sample loop, running the graph batched really is wrong or
-    fails: the fallback is not taken for nothing."""
+def test_vit_class_token_is_expanded_to_the_batch(exported_vit):
+    """The class token, folded into a [1, 1, D] constant, is expanded at run time: the graph runs
+    batches natively rather than falling back to one sample at a time."""
     _, prepared = exported_vit
-    if prepared.conversion.batch_safe:
-        return  # batch-free after surgery: the batched features were compared above
+    assert "expand_batch_constants" in [p.name for p in prepared.normalised.passes]
+    assert prepared.conversion.batch_safe
+
+
+def test_batch_mixing_graph_falls_back_per_sample(tmp_path):
+    """A graph that mixes samples when batched, with every shape still right: the batch-safety
+    check notices, the module runs one sample at a time, and its features are the model's."""
+    torch.manual_seed(0)
+    model = G.BatchFolding().eval()
+    prepared = prepare(G.export(model, tmp_path / "folding.onnx", dynamo=False, opset=17), ["auto", "-1"])
+    assert prepared.crosscheck.passed
+    assert not prepared.conversion.batch_safe
     module = prepared.module
-    x = _batch(4, seed=5)
+    x = _batch(16, seed=4)
     with torch.no_grad():
-        expected = module(x)
-        try:
-            raw = module._run(x)
-        except Exception:
-            return  # the batched graph cannot even run
-    assert any(
-        raw[name].shape != expected[name].shape or not torch.allclose(raw[name], expected[name], rtol=1e-4, atol=1e-6)
-        for name in module.names
-    )
+        batched = module(x)
+        expected = torch.cat([model(x[i : i + 1]) for i in range(16)])
+        raw = module._run(x)  # the graph run batched, without the fallback
+    out = prepared.layers[-1].name
+    _assert_close(batched[out], expected)
+    assert raw[out].shape == expected.shape and not torch.allclose(raw[out], expected, rtol=1e-3)
+    for layer in prepared.layers:
+        singles = [module(x[i : i + 1])[layer.name] for i in range(16)]
+        _assert_close(batched[layer.name], torch.cat(singles))
+    x.requires_grad_(True)
+    module(x[:3])[out].sum().backward()
+    assert all(x.grad[i].abs().sum() > 0 for i in range(3))
 
 
 def test_vit_gradients_reach_the_input(exported_vit):

@@ -1,0 +1,203 @@
+"""Audit mode for CI pipelines: `--fail-if "cid[-1] > 1.2"` turns a model's numbers into an exit code.
+
+A rule is `METRIC[LAYER] OP NUMBER`. METRIC is one of `cid`, `delta_cid`, `concentration`, `ru`;
+LAYER is a layer name or an index among the chosen layers in graph order (negative counts from the
+deepest); OP is one of `< <= > >=`. The metric is the mean over the images whose result converged
+(the same means the report shows). A rule *fails* (the audit fails, exit code 1) when its comparison
+holds: it names the condition that must not happen.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Union
+
+from .errors import InfodiscardError, InputError, close_matches
+
+if TYPE_CHECKING:  # analysis may import this module; no import cycle at run time
+    from .analysis import Report
+
+METRICS = ("cid", "delta_cid", "concentration", "ru")
+OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+# Greedy LAYER up to the last `]` before the operator, so names that contain brackets still parse.
+_RULE = re.compile(r"^\s*([A-Za-z_]+)\s*\[(.*)\]\s*(<=|>=|<|>)\s*(\S+)\s*$")
+_EXAMPLE = "e.g. 'cid[-1] > 1.2' or 'concentration[/relu2/Relu_output_0] < 0'"
+_HOW = {
+    "concentration": "concentration needs a foreground (--fg, --fg-mask, --fg-boxes or the card's boxes)",
+    "ru": "ru needs the reconstruction-uncertainty measurement, which this run did not make",
+}
+
+#: A per-layer table: rows with `layer` and metric means; optional `index`, `depth`, `n_images`, `model`.
+Table = Sequence[Mapping[str, object]]
+
+
+class AuditFailed(InfodiscardError):
+    """At least one `--fail-if` rule held: exit code 1 (the report is written and says which)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One parsed `--fail-if` expression."""
+
+    text: str
+    metric: str
+    layer: str  # as written: a name, or an integer index among the chosen layers
+    op: str
+    threshold: float
+
+    def holds(self, value: float) -> bool:
+        return OPS[self.op](value, self.threshold)
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """A rule on one model: the value it saw and whether the audit fails on it."""
+
+    rule: str
+    metric: str
+    layer: str  # the resolved layer name
+    op: str
+    threshold: float
+    value: float | None  # mean over converged images; None when no image converged
+    n_images: int  # converged images behind `value`
+    failed: bool  # the rule's comparison held, or there was no converged result to judge
+    model: str | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        where = f"{self.model}: " if self.model else ""
+        seen = "no converged result" if self.value is None else f"{self.value:.4g}"
+        verdict = "FAILED" if self.failed else "ok"
+        return f"{where}{self.rule} -> {self.metric}[{self.layer}] = {seen}: {verdict}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def parse_rule(text: str) -> Rule:
+    """`METRIC[LAYER] OP NUMBER` -> Rule; a one-line InputError (exit 2) on anything else."""
+    match = _RULE.match(text)
+    if not match:
+        raise InputError(f"--fail-if {text!r}: write METRIC[LAYER] OP NUMBER, {_EXAMPLE}")
+    metric, layer, op, number = match.groups()
+    metric, layer = metric.lower(), layer.strip()
+    if metric not in METRICS:
+        raise InputError(f"--fail-if {text!r}: unknown metric '{metric}'{close_matches(metric, METRICS)} (one of {', '.join(METRICS)})")
+    if not layer:
+        raise InputError(f"--fail-if {text!r}: give a layer name or index inside the brackets, {_EXAMPLE}")
+    try:
+        threshold = float(number)
+    except ValueError:
+        raise InputError(f"--fail-if {text!r}: '{number}' is not a number") from None
+    if not math.isfinite(threshold):
+        raise InputError(f"--fail-if {text!r}: the threshold must be a finite number")
+    return Rule(text.strip(), metric, layer, op, threshold)
+
+
+def parse_rules(texts: Iterable[str] | None) -> list[Rule]:
+    """Every `--fail-if` at once, before any work, so a typo costs no analysis."""
+    return [parse_rule(text) for text in texts or ()]
+
+
+def evaluate(rules: Sequence[Rule], source: Union["Report", Table]) -> list[RuleOutcome]:
+    """Each rule on a `Report`, or on a per-layer table (one model, or several told apart by `model`).
+
+    On several models, a rule with a layer index applies to every model; a rule with a layer name
+    applies to the models that have that layer (an InputError when none has it).
+    """
+    tables = _tables(source)
+    outcomes = []
+    for rule in rules:
+        found = []
+        for model, rows in tables.items():
+            row = _find_layer(rule, rows, raise_unknown=len(tables) == 1)
+            if row is not None:
+                found.append(_outcome(rule, row, model))
+        if not found:
+            names = sorted({str(r["layer"]) for rows in tables.values() for r in rows})
+            raise InputError(f"--fail-if {rule.text!r}: unknown layer '{rule.layer}'{close_matches(rule.layer, names)}")
+        _check_measured(rule, found, tables)
+        outcomes.extend(found)
+    return outcomes
+
+
+def failures(outcomes: Sequence[RuleOutcome]) -> list[RuleOutcome]:
+    return [o for o in outcomes if o.failed]
+
+
+def raise_on_failure(outcomes: Sequence[RuleOutcome]) -> None:
+    """AuditFailed (exit 1) naming every failed rule, in one line."""
+    failed = failures(outcomes)
+    if failed:
+        listed = "; ".join(o.describe() for o in failed[:5]) + ("; ..." if len(failed) > 5 else "")
+        raise AuditFailed(f"audit failed: {len(failed)} of {len(outcomes)} --fail-if rule(s) held: {listed}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _tables(source) -> dict[str | None, list[Mapping]]:
+    """Rows per model (None for a single model), each model's rows in graph order."""
+    if hasattr(source, "results") and hasattr(source, "layers"):
+        rows = _report_rows(source)
+    else:
+        rows = [dict(row) for row in source]
+    if not rows:
+        raise InputError("--fail-if: the analysis has no layers to audit")
+    tables: dict[str | None, list[Mapping]] = {}
+    for row in rows:
+        tables.setdefault(row.get("model"), []).append(row)
+    for model, group in tables.items():
+        if all(row.get("index") is not None for row in group):
+            group.sort(key=lambda row: row["index"])
+    return tables
+
+
+def _report_rows(report) -> list[dict]:
+    """Per chosen layer, the means the report itself shows (`Report.layer_means`, converged images)."""
+    return [dict(row) for row in report.layer_means()]
+
+
+def _find_layer(rule: Rule, rows: list[Mapping], raise_unknown: bool) -> Mapping | None:
+    by_name = {str(row["layer"]): row for row in rows}
+    if rule.layer in by_name:
+        return by_name[rule.layer]
+    if re.fullmatch(r"[+-]?\d+", rule.layer):
+        index = int(rule.layer)
+        if not -len(rows) <= index < len(rows):
+            raise InputError(
+                f"--fail-if {rule.text!r}: layer index {index} is out of range; "
+                f"{len(rows)} layer(s) were chosen (0..{len(rows) - 1}, or -1 for the deepest)"
+            )
+        return rows[index]
+    if raise_unknown:
+        raise InputError(f"--fail-if {rule.text!r}: unknown layer '{rule.layer}'{close_matches(rule.layer, by_name)}; "
+                         "use a chosen layer's name or its index among the chosen layers")
+    return None
+
+
+def _outcome(rule: Rule, row: Mapping, model: str | None) -> RuleOutcome:
+    value = row.get(rule.metric)
+    value = float(value) if value is not None and math.isfinite(float(value)) else None
+    if value is None:
+        return RuleOutcome(rule.text, rule.metric, str(row["layer"]), rule.op, rule.threshold, None, 0, True, model,
+                           "no converged result to judge")
+    n_images = int(row.get(f"n_{rule.metric}", row.get("n_images", 0)) or 0)
+    return RuleOutcome(rule.text, rule.metric, str(row["layer"]), rule.op, rule.threshold, value, n_images,
+                       rule.holds(value), model)
+
+
+def _check_measured(rule: Rule, found: list[RuleOutcome], tables: dict) -> None:
+    """A metric the run did not measure at all is a usage error (exit 2), not a failed threshold."""
+    if rule.metric not in _HOW or any(o.value is not None for o in found):
+        return
+    measured = any(row.get(rule.metric) is not None for rows in tables.values() for row in rows)
+    converged_somewhere = any(row.get("n_images", 1) for rows in tables.values() for row in rows)  # converged count
+    if not measured and converged_somewhere:
+        raise InputError(f"--fail-if {rule.text!r}: {_HOW[rule.metric]}")

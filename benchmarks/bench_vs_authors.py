@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import sys
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from onnx_infodiscard.check import prepare
+from onnx_infodiscard.errors import InfodiscardError
 from onnx_infodiscard.images import find_images, load_images
 from onnx_infodiscard.metrics import HALF_LOG_2PIE
 from onnx_infodiscard.perturb import Distortion, Pipeline, SolverSettings, resolve_device, solve
@@ -172,19 +174,80 @@ def measure_fixed(feature, image, reference, scale, log_sigma, tau, samples, gen
     return mean, float(values.std(unbiased=True) / math.sqrt(len(values)) / max(mean, 1e-300))
 
 
-def run_ours(case, features, settings: SolverSettings, device):
-    """This project's analysis exactly as `analyze` calls it: all rows in one Distortion, one solve."""
+def run_ours(case, features, settings: SolverSettings, device, stages: bool = True):
+    """This project's analysis exactly as `analyze` calls it: all rows in one Distortion, one solve.
+
+    Returns (solution, seconds, phases): `phases` splits the time by the solver's stages where
+    they can be found (see `PhaseTimer`); it is informational and does not change the run.
+    """
     names = list(case.layers)
     n = len(case.images)
-    _sync(device)
-    start = time.perf_counter()
-    images = case.images.to(device)
-    image_of_row = [i for _ in names for i in range(n)]
-    layer_of_row = [name for name in names for _ in range(n)]
-    distortion = Distortion(features, images, image_of_row, layer_of_row, case.image_names)
-    solution = solve(distortion, settings)
-    _sync(device)
-    return solution, time.perf_counter() - start
+    with PhaseTimer(device, stages) as phases:
+        _sync(device)
+        start = time.perf_counter()
+        images = case.images.to(device)
+        image_of_row = [i for _ in names for i in range(n)]
+        layer_of_row = [name for name in names for _ in range(n)]
+        distortion = Distortion(features, images, image_of_row, layer_of_row, case.image_names)
+        solution = solve(distortion, settings)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    phases.times["other"] = seconds - sum(phases.times.values())
+    return solution, seconds, phases
+
+
+class PhaseTimer:
+    """Times the stages of `onnx_infodiscard.perturb.Solver` by wrapping its methods for the
+    duration of one solve: `init` (the uniform start on the constraint), `steps` (every
+    optimisation step's forward and backward), `measure` (projection onto D = τ and the final
+    measurement on fresh noise); `other` is the rest (Distortion set-up, optimiser, Python).
+    Stages the solver no longer has are skipped, so a refactored solver still runs here."""
+
+    STAGES = {"_initial_log_sigma": "init", "_accumulate_gradient": "steps", "_project_and_measure": "measure"}
+
+    def __init__(self, device: torch.device, enabled: bool = True):
+        self.device = device
+        self.enabled = enabled  # off: time nothing (the wrappers synchronise the device once per stage call)
+        self.times: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._saved: list = []
+
+    def __enter__(self):
+        from onnx_infodiscard import perturb
+
+        solver = getattr(perturb, "Solver", None) if self.enabled else None
+        for method, stage in self.STAGES.items():
+            original = getattr(solver, method, None) if solver is not None else None
+            if original is None:
+                continue
+            self._saved.append((solver, method, original))
+            setattr(solver, method, self._timed(original, stage))
+        return self
+
+    def __exit__(self, *exc):
+        for owner, method, original in self._saved:
+            setattr(owner, method, original)
+
+    def _timed(self, original, stage):
+        def wrapper(*args, **kwargs):
+            _sync(self.device)
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                _sync(self.device)
+                self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
+                self.calls[stage] = self.calls.get(stage, 0) + 1
+        return wrapper
+
+    def describe(self, images: int) -> str:
+        if not self.enabled:
+            return "not timed (--no-stages)"
+        parts = [f"{stage} {seconds / images:.3f}" for stage, seconds in self.times.items()]
+        steps = self.calls.get("steps")
+        if steps:
+            parts.append(f"({self.times['steps'] / steps / images:.4f} per step, {steps} steps)")
+        return "s/img: " + ", ".join(parts)
 
 
 def _sync(device: torch.device) -> None:
@@ -240,7 +303,8 @@ def torchvision_case(name: str, folder: Path, n_images: int, size: int) -> Case:
     else:
         layers = [[n.output[0] for n in nodes if n.output[0].startswith(f"/layer{k}/")][-1] for k in range(1, 5)]
     images, names, source = real_images(n_images, size)
-    return Case(name, path, layers, PRESETS["imagenet"], images, names, [f"images: {source}"])
+    label = name if size == 224 else f"{name}-{size}px"
+    return Case(label, path, layers, PRESETS["imagenet"], images, names, [f"images: {source}"])
 
 
 def real_images(n: int, size: int) -> tuple[torch.Tensor, list[str], str]:
@@ -300,22 +364,32 @@ def benchmark(case: Case, device: torch.device, args) -> tuple[str, bool]:
         run_authors(small, features, replace(authors, steps=2), ours.tau, 8, device, args.seed, measure=False)
         run_ours(small, features, replace(ours, steps=2, max_eval_samples=ours.eval_samples), device)
 
-    authors_times, ours_times, authors_image_times = [], [], []
+    authors_times, ours_times, authors_image_times, ours_phases = [], [], [], []
     for repeat in range(args.repeats):
         measure = repeat == args.repeats - 1
         results, per_image = run_authors(case, features, authors, ours.tau, args.eval_samples, device, args.seed, measure)
         authors_times.append(sum(per_image) / len(per_image))
         authors_image_times.append(per_image)
-        solution, seconds = run_ours(case, features, ours, device)
+        solution, seconds, phases = run_ours(case, features, ours, device, args.stages)
         ours_times.append(seconds / len(case.images))
+        ours_phases.append(phases)
         print(f"    repeat {repeat + 1}/{args.repeats}: authors {authors_times[-1]:.3f} s/img, ours {ours_times[-1]:.3f} s/img, "
-              f"ratio {authors_times[-1] / ours_times[-1]:.2f}", flush=True)
+              f"ratio {authors_times[-1] / ours_times[-1]:.2f}; ours by stage {phases.describe(len(case.images))}", flush=True)
 
     a, b = statistics.median(authors_times), statistics.median(ours_times)
     print(f"\n    per-image time, all {len(case.layers)} layers (median of {args.repeats}; ours is batched over images, so total/n):")
     for i, image_name in enumerate(case.image_names):
         print(f"      {image_name:28s} authors {statistics.median(t[i] for t in authors_image_times):8.3f} s")
     print(f"      {'mean per image':28s} authors {a:8.3f} s   ours {b:8.3f} s   speedup authors/ours {a / b:.2f}x")
+    if (authors.steps != AuthorsSettings.steps or ours.steps != SolverSettings.steps) and "steps" in ours_phases[0].times:
+        # Steps were cut for feasibility: scale the per-step parts to each method's default step count.
+        phases = ours_phases[len(ours_phases) // 2]
+        per_step = phases.times.get("steps", 0.0) / max(phases.calls.get("steps", 1), 1) / len(case.images)
+        ours_full = b + per_step * (SolverSettings.steps - ours.steps)
+        authors_full = a * (AuthorsSettings.steps + 1) / (authors.steps + 1)  # + 1: the D0 batch
+        print(f"      ESTIMATE at the default steps (authors {AuthorsSettings.steps}, ours {SolverSettings.steps}; per-step time scaled,"
+              f" our init and measurement as measured): authors {authors_full:.3f} s/img, ours {ours_full:.3f} s/img,"
+              f" speedup {authors_full / ours_full:.2f}x  (not a measurement)")
 
     print(f"\n    quality (τ = {ours.tau}; met = |D/τ − 1| ≤ {TOLERANCE}; D/τ measured on fresh noise; CID nats per value):")
     print(f"      {'image':18s} {'layer':42s} | {'authors D/τ':>14s} {'met':>3s} {'CID':>7s} {'D0/τ':>7s} {'pick':>4s} {'pick D/τ':>8s}"
@@ -338,7 +412,8 @@ def benchmark(case: Case, device: torch.device, args) -> tuple[str, bool]:
     met = sum(abs(r.d_over_tau - 1) <= TOLERANCE for r in results.values())
     print(f"    summary: authors met the budget on {met}/{len(results)}; ours converged on "
           f"{int(np.sum(solution.converged))}/{len(solution.converged)}")
-    line = (f"RESULT model={case.name} device={device.type} authors_s_per_img={a:.4g} ours_s_per_img={b:.4g} "
+    name = case.name + (f"-steps{args.steps}" if args.steps else "")  # never mistaken for a default-steps run
+    line = (f"RESULT model={name} device={device.type} authors_s_per_img={a:.4g} ours_s_per_img={b:.4g} "
             f"speedup={a / b:.3g} converged={'true' if converged else 'false'}")
     return line, converged
 
@@ -360,8 +435,12 @@ def parse_args(argv=None):
     p.add_argument("--our-grid", type=int, default=None, help="σ grid for this project's solver (default: its default, full resolution)")
     p.add_argument("--eval-samples", type=int, default=64, help="fresh noise samples to measure the authors' final D/τ (default 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
+                   help="split our time by solver stage (default on; on a GPU it adds one device sync per stage call)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None, help="untimed warm-up run (default: on for cuda)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op CPU threads (default 1 on cpu: on a shared, loaded machine two threads ran this"
+                        " workload 5-10x slower than one; 0 = torch's default)")
     args = p.parse_args(argv)
     if args.quick:
         args.models = args.models or "digits"
@@ -374,10 +453,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except InfodiscardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    cuda = device.type == "cuda"
+    if args.threads is None and not cuda:
+        args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    cuda = device.type == "cuda"
     if args.warmup is None:
         args.warmup = cuda
     if args.repeats is None:
@@ -413,7 +498,8 @@ def _device_name(device: torch.device) -> str:
         model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor() or "unknown"
-    return f"cpu ({model}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({model}, {threads} torch thread{'s' if threads != 1 else ''}, {os.cpu_count()} logical cores)"
 
 
 def _version(module: str) -> str:

@@ -1,8 +1,9 @@
-"""`infodiscard` commands. Exit codes: 0 ok, 1 audit threshold failed, 2 bad usage or input,
+"""`infodiscard` commands. Exit codes: 0 ok, 1 an audit rule (--fail-if) held, 2 bad usage or input,
 3 conversion or cross-check failure, 4 analysis did not converge for some image and layer."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -15,9 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from onnx_infodiscard import InfodiscardError, __version__
+from onnx_infodiscard.audit import evaluate, parse_rules, raise_on_failure
 from onnx_infodiscard.check import open_model, prepare
 from onnx_infodiscard.layers import list_layers
 from onnx_infodiscard.perturb import SolverSettings
+from onnx_infodiscard_cli.zoo_commands import register as register_zoo_commands
 
 app = typer.Typer(
     add_completion=False,
@@ -131,7 +134,7 @@ def check(
 def analyze(
     model: Annotated[Optional[Path], typer.Argument(help="The .onnx model (default: the shipped digits CNN).", show_default=False)] = None,
     images: Annotated[Optional[list[Path]], typer.Argument(help="Image files, folders or .npy arrays (default: the card's images).", show_default=False)] = None,
-    layer: Annotated[Optional[list[str]], typer.Option("--layer", "-l", help="Layer name, index, glob or 'auto'; repeatable.")] = None,
+    layer: Annotated[Optional[list[str]], typer.Option("--layer", "-l", help="Layer name, index, glob or 'auto'; repeatable (default: the card's suggested layers, else auto).")] = None,
     tau: Annotated[float, typer.Option(help="Distortion budget D/(N·Var f) — the same for every layer and model.")] = 0.1,
     steps: Annotated[int, typer.Option(help="Adam steps on log σ.")] = SolverSettings.steps,
     samples: Annotated[int, typer.Option(help="Noise samples per image and layer per step.")] = SolverSettings.samples,
@@ -154,12 +157,14 @@ def analyze(
     ru: Annotated[bool, typer.Option("--ru", help="Also reconstruction uncertainty (trains or loads decoders).")] = False,
     train_images: Annotated[Optional[Path], typer.Option("--train-images", help="Decoder training images (default: the card's).")] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train decoders anew instead of using the cache.")] = False,
+    fail_if: Annotated[Optional[list[str]], typer.Option("--fail-if", help="Audit rule METRIC[LAYER] OP NUMBER, e.g. 'cid[-1] > 1.2'; exit 1 if any holds. Repeatable.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure how much of each image's information each chosen layer discards (CID maps)."""
     from onnx_infodiscard.analysis import Foreground, analyze as run_analysis
     from onnx_infodiscard.report import check_output_folder, summary_json, write_report
 
+    rules = parse_rules(fail_if)
     settings = SolverSettings(tau=tau, steps=steps, samples=samples, grid=grid, sigma_max=sigma_max, seed=seed)
     settings.validate()
     check_output_folder(out)
@@ -177,16 +182,19 @@ def analyze(
             bar.update(tasks[stage], advance=advance)
 
         report = run_analysis(
-            model, images, layer or ["auto"], settings=settings, preprocessing_overrides=overrides,
+            model, images, layer, settings=settings, preprocessing_overrides=overrides,
             foreground=foreground, device=device, input_name=input_name,
             input_shape=parse_ints(input_shape, "--input-shape"), ru=ru,
             train_images=[train_images] if train_images else None, retrain=retrain, progress=progress,
         )
+    if rules:
+        report = dataclasses.replace(report, audit=tuple(evaluate(rules, report)))
     folder = write_report(report, out)
     if as_json:
         print(json.dumps(summary_json(report, folder), indent=2))
     else:
         _print_summary(report, folder)
+    raise_on_failure(report.audit)
     if not report.converged:
         failed = [f"{r.image}:{r.layer} (D/τ={r.d_over_tau:.3f})" for r in report.results if not r.converged]
         stderr.print(f"error: {len(failed)} image/layer results did not converge: {', '.join(failed[:5])}; "
@@ -211,6 +219,9 @@ def _with_defaults(command, **defaults):
 app.command(
     "ru", help="Reconstruction uncertainty (RU) per layer, beside CID: `analyze --ru`, with every analyze option."
 )(_with_defaults(analyze, ru=True))
+
+
+register_zoo_commands(app)
 
 
 def _print_summary(report, folder: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from onnx_infodiscard.errors import InfodiscardError
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
 def compare(
     models: Annotated[list[Path], typer.Argument(help="Two or more .onnx models.", show_default=False)],
     images: Annotated[Optional[list[Path]], typer.Option("--images", "-i", help="Image files or folders, the same for every model; repeatable (default: the folder every model's card names).")] = None,
-    layers: Annotated[Optional[list[str]], typer.Option("--layers", "--layer", "-l", help="Layer name, index, glob or 'auto' for every model; repeatable (default auto: each card's suggested layers).")] = None,
+    layers: Annotated[Optional[list[str]], typer.Option("--layers", "--layer", "-l", help="Layer name, index, glob or 'auto', the same for every model; repeatable (default: each card's suggested layers, else auto).")] = None,
     tau: Annotated[float, typer.Option(help="Distortion budget, the same for every layer and model.")] = 0.1,
     steps: Annotated[int, typer.Option(help="Adam steps on log σ.")] = SolverSettings.steps,
     samples: Annotated[int, typer.Option(help="Noise samples per image and layer per step.")] = SolverSettings.samples,
@@ -61,7 +62,7 @@ def compare(
     """
     from onnx_infodiscard.analysis import Foreground
     from onnx_infodiscard.audit import parse_rules, raise_on_failure
-    from onnx_infodiscard.compare import check_output_folder, compare as run_compare, write_comparison
+    from onnx_infodiscard.compare import check_output_folder, compare as run_compare, json_text, write_comparison
 
     settings = SolverSettings(tau=tau, steps=steps, samples=samples, seed=seed)
     settings.validate()
@@ -76,13 +77,12 @@ def compare(
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], advance=advance, total=total)
 
-        comparison = run_compare(models, images, layers or ["auto"], settings=settings, foreground=foreground,
+        comparison = run_compare(models, images, layers, settings=settings, foreground=foreground,
                                  device=device, rules=rules, progress=progress)
     folder = write_comparison(comparison, out)
     if as_json:
         data = comparison.to_json()
-        print(json.dumps({k: data[k] for k in ("models", "converged", "table", "audit")} | {"out": str(folder)},
-                         indent=2, default=str))
+        print(json_text({k: data[k] for k in ("models", "converged", "table", "audit")} | {"out": str(folder)}), end="")
     else:
         _print_table(comparison, folder)
     raise_on_failure(comparison.outcomes)
@@ -115,18 +115,19 @@ def card(
     if not (set_ or unset or out):
         where = {"sidecar": f"sidecar {current.sidecar}", "metadata": "embedded in the model",
                  "none": "none: the model has no card"}[current.source]
-        stderr.print(f"[dim]card: {where}[/dim]", highlight=False)
+        stderr.print(f"[dim]card: {escape(where)}[/dim]", highlight=False)
         if current.shadowed:
-            stderr.print(f"[yellow]note: the model also embeds a card, which {current.sidecar.name} overrides[/yellow]",
+            stderr.print(f"[yellow]note: the model also embeds a card, which {escape(current.sidecar.name)} overrides[/yellow]",
                          highlight=False)
         print(json.dumps(current.card, indent=2))
         return
     new = updated(current.card, set_ or (), unset or ())
     target = write_card(model, new, out if out is not None else default_copy(model))
-    stderr.print(f"wrote {target} (card embedded; started from the {current.source} card)", highlight=False)
+    stderr.print(f"wrote {target} (card embedded; started from the {current.source} card)", markup=False,
+                 highlight=False)
     shadow = sidecar_path(target)
     if shadow.is_file() and json.loads(shadow.read_text() or "{}") != new:
-        stderr.print(f"[yellow]note: {shadow.name} beside it overrides the embedded card; remove or update it[/yellow]",
+        stderr.print(f"[yellow]note: {escape(shadow.name)} beside it overrides the embedded card; remove or update it[/yellow]",
                      highlight=False)
     if show:
         print(json.dumps(new, indent=2))
@@ -139,13 +140,13 @@ def _print_table(comparison, folder: Path) -> None:
         table.add_column(column, justify="left" if column in ("model", "layer") else "right")
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     for r in sorted(comparison.rows, key=lambda r: (r.depth, comparison.models.index(r.model))):
-        table.add_row(r.model, r.layer, f"{r.depth:.2f}", fmt(r.cid), fmt(r.delta_cid), fmt(r.concentration),
+        table.add_row(escape(r.model), escape(r.layer), f"{r.depth:.2f}", fmt(r.cid), fmt(r.delta_cid), fmt(r.concentration),
                       f"{r.n_converged}/{r.n_images}")
     stdout.print(table)
     for outcome in comparison.outcomes:
         style = "red" if outcome.failed else "green"
-        stdout.print(f"[{style}]audit: {outcome.describe()}[/{style}]", highlight=False)
-    stdout.print(f"comparison: {folder / 'comparison.html'}")
+        stdout.print(f"[{style}]audit: {escape(outcome.describe())}[/{style}]", highlight=False)
+    stdout.print(f"comparison: {folder / 'comparison.html'}", markup=False, highlight=False)
 
 
 def _progress(quiet: bool):

@@ -146,6 +146,7 @@ class Report:
     canonical_images: tuple[np.ndarray, ...] = field(repr=False)  # (C, H, W) each, for overlays
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
+    audit: tuple = ()  # audit.RuleOutcome of each --fail-if rule
 
     @property
     def converged(self) -> bool:
@@ -190,13 +191,19 @@ class Report:
             "summary": {"converged": self.converged, "layers": self.layer_means()},
             "seconds": round(self.seconds, 3),
             "notes": list(self.notes),
+            "audit": self.audit_json(),
         }
+
+    def audit_json(self) -> dict | None:
+        if not self.audit:
+            return None
+        return {"failed": any(o.failed for o in self.audit), "outcomes": [o.to_json() for o in self.audit]}
 
 
 def analyze(
     model: str | Path | None = None,
     images: Sequence[str | Path] | None = None,
-    layers: Sequence[str] = ("auto",),
+    layers: Sequence[str] | None = None,
     *,
     settings: SolverSettings = SolverSettings(),
     preprocessing: Preprocessing | None = None,
@@ -214,8 +221,8 @@ def analyze(
     """Measure each chosen layer's information discarding on each image.
 
     With no model, the embedded default (the shipped digits CNN); with no images, the images its
-    model card names. Preprocessing: `preprocessing` as given, else the model card with
-    `preprocessing_overrides` (preset, scale, mean, std, layout, bgr) on top. 
+    model card names; with no layers, the card's `suggested_layers`, else `auto`. Preprocessing: `preprocessing` as given, else the model card with
+    `preprocessing_overrides` (preset, scale, mean, std, layout, bgr) on top.
     With `ru`, also reconstruction uncertainty: decoders trained on `train_images` (default: the
     card's) and cached. `progress(stage, advance, total)` reports optimisation steps and epochs.
     """
@@ -229,7 +236,7 @@ def analyze(
         images = card_images(model, card)
     if input_name is None and card.get("input"):
         input_name = card["input"]
-    if not layers or list(layers) == ["auto"]:
+    if not layers:
         layers = card.get("suggested_layers") or ["auto"]
     shape = _model_input_shape(loaded.proto, input_name, input_shape)
     if preprocessing is None:

@@ -112,7 +112,7 @@ class Comparison:
 def compare(
     models: Sequence[str | Path],
     images: Sequence[str | Path] | None = None,
-    layers: Sequence[str] = ("auto",),
+    layers: Sequence[str] | None = None,
     *,
     settings: SolverSettings = SolverSettings(),
     foreground: Foreground | None = None,
@@ -122,8 +122,8 @@ def compare(
 ) -> Comparison:
     """Analyse every model on the same images with the same settings; align by relative depth.
 
-    `layers` applies to every model (`auto`: each model's card `suggested_layers`, else its auto
-    choice). With no images, the image folder that every model's card names, when they agree.
+    `layers` applies to every model; None: each model's card `suggested_layers`, else `auto`.
+    With no images, the image folder that every model's card names, when they agree.
     `rules` (`audit.parse_rule`) are judged on each model; `progress(stage, advance, total)` as for
     `analyze`, with the model's name in front of each stage.
     """
@@ -137,8 +137,8 @@ def compare(
     reports = []
     for name, path in zip(names, paths):
         advance = (lambda stage, a, t, name=name: progress(f"{name}: {stage}", a, t)) if progress else None
-        reports.append(analyze(path, list(images), list(layers), settings=settings, foreground=foreground,
-                               device=device, progress=advance))
+        reports.append(analyze(path, list(images), list(layers) if layers else None, settings=settings,
+                               foreground=foreground, device=device, progress=advance))
     rows = tuple(row for name, report in zip(names, reports) for row in _rows(name, report))
     comparison = Comparison(tuple(names), tuple(reports), rows)
     outcomes = tuple(evaluate(rules, audit_table(comparison))) if rules else ()
@@ -211,7 +211,7 @@ def check_output_folder(out_dir: str | Path) -> Path:
 def write_comparison(comparison: Comparison, out_dir: str | Path) -> Path:
     """Write comparison.json, .csv, .png and a self-contained .html into `out_dir`, atomically
     (built in a hidden sibling and swapped into place, as `report.write_report` does)."""
-    from .report import _swap_into_place
+    from .report import swap_into_place
 
     out_dir = check_output_folder(out_dir)
     try:
@@ -222,12 +222,12 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> Path:
     try:
         os.chmod(tmp, 0o755)
         data = comparison.to_json()
-        (tmp / "comparison.json").write_text(_json_text(data), encoding="utf-8")
+        (tmp / "comparison.json").write_text(json_text(data), encoding="utf-8")
         _write_csv(comparison, tmp / "comparison.csv")
         png = plot_png(comparison)
         (tmp / "comparison.png").write_bytes(png)
         (tmp / "comparison.html").write_text(_html(comparison, png), encoding="utf-8")
-        _swap_into_place(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -245,10 +245,11 @@ def _earlier_comparison(folder: Path) -> bool:
         return False
 
 
-def _json_text(data) -> str:
-    from .report import _clean
+def json_text(data) -> str:
+    """JSON with NaN/inf as null and numpy values as Python ones (the report's own cleaning)."""
+    from .report import json_safe
 
-    return json.dumps(_clean(data), indent=2, allow_nan=False) + "\n"
+    return json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
 
 
 def _write_csv(comparison: Comparison, path: Path) -> None:
@@ -322,14 +323,14 @@ def _fmt(value) -> str:
 
 
 def _html(comparison: Comparison, png: bytes) -> str:
-    from .report import _CSS
+    from .report import CSS
 
     e = lambda v: html.escape(_fmt(v))  # noqa: E731
     parts = [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>infodiscard comparison: {html.escape(', '.join(comparison.models))}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{CSS}</style></head><body>",
         f"<h1>Information discarding: {len(comparison.models)} models compared</h1>",
         f'<p class="muted">{comparison.seconds:.1f} s · data: <a href="comparison.json">comparison.json</a>, '
         '<a href="comparison.csv">comparison.csv</a></p>',

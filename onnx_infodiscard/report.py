@@ -64,7 +64,7 @@ def write_report(report: Report, out_dir: Path) -> Path:
     try:
         os.chmod(tmp, 0o755)
         _write_contents(report, tmp)
-        _swap_into_place(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -88,8 +88,9 @@ def summary_json(report: Report, out_dir: Path | str | None = None) -> dict:
         "out": str(out_dir) if out_dir is not None else None,
         "seconds": round(report.seconds, 3),
         "notes": list(report.notes),
+        "audit": report.audit_json(),
     }
-    return _clean(summary)
+    return json_safe(summary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def _replaceable(folder: Path) -> bool:
         return False
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+def swap_into_place(tmp: Path, out_dir: Path) -> None:
     """Rename the finished folder into place; an old report is moved aside first, then deleted."""
     old = None
     if out_dir.exists():
@@ -186,14 +187,14 @@ def _write_contents(report: Report, folder: Path) -> None:
     (folder / "report.html").write_text(_html(report, folder, plots), encoding="utf-8")
 
 
-def _clean(value):
+def json_safe(value):
     """JSON-safe: NaN/inf to null, numpy scalars and arrays to Python, tuples and paths to lists/str."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
+        return json_safe(value.tolist())
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -206,7 +207,7 @@ def _clean(value):
 
 
 def _json_text(data) -> str:
-    return json.dumps(_clean(data), indent=2, allow_nan=False) + "\n"
+    return json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
 
 
 def _csv_value(value) -> str:
@@ -467,7 +468,7 @@ def _short(text: str, limit: int) -> str:
 # HTML
 
 
-_CSS = """
+CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1150px;
        color: #222; line-height: 1.4; padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; margin-top: 1.8em; }
@@ -517,7 +518,7 @@ def _html(report: Report, folder: Path, plots: list[tuple[str, object]]) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>infodiscard report: {html.escape(Path(report.model_path).name)}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{CSS}</style></head><body>",
         f"<h1>Information discarding: {html.escape(Path(report.model_path).name)}</h1>",
         f'<p class="muted">onnx-infodiscard {html.escape(report.tool_version)} · {len(report.images)} image(s) × '
         f"{len(report.layers)} layer(s) · {report.seconds:.1f} s on {html.escape(report.device)} · "
@@ -537,6 +538,10 @@ def _html(report: Report, folder: Path, plots: list[tuple[str, object]]) -> str:
     else:
         parts.append(f'<p class="ok">All {len(report.results)} results converged '
                      f"(|D/τ − 1| ≤ {report.settings.tolerance:g}).</p>")
+    if report.audit:
+        parts.append("<h2>Audit (--fail-if)</h2><ul>" + "".join(
+            f'<li class="{"unconverged" if o.failed else ""}">{html.escape(o.describe())}</li>' for o in report.audit
+        ) + "</ul>")
     if report.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
 

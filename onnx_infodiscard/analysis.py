@@ -252,7 +252,7 @@ def analyze(
     batch = torch.from_numpy(np.stack([image.pixels for image in canonical]))
     with torch.no_grad():
         probe = preprocess(batch[:1]).numpy()
-    prepared = prepare(model, layers, input_name, input_shape, probe=probe, prefer_cuda=torch_device.type == "cuda")
+    prepared = prepare(loaded, layers, input_name, input_shape, probe=probe, prefer_cuda=torch_device.type == "cuda")
     names = [layer.name for layer in prepared.layers]
     features = {name: Pipeline(preprocess, prepared.module.only(name), name).to(torch_device) for name in names}
     image_of_row = [i for _ in names for i in range(len(canonical))]

@@ -40,7 +40,7 @@ def open_model(path: str | Path, input_name: str | None = None, input_shape: Seq
 
 
 def prepare(
-    path: str | Path,
+    path: str | Path | LoadedModel,
     layers: Sequence[str] = ("auto",),
     input_name: str | None = None,
     input_shape: Sequence[int] | None = None,
@@ -50,10 +50,12 @@ def prepare(
 ) -> PreparedModel:
     """Load, normalise, choose layers, convert, and cross-check on `probe` (model-space input).
 
-    Raises ConversionError when any layer disagrees with onnxruntime beyond `tolerance`.
+    `path` may be a model `load_model` already read. Raises ConversionError when any layer
+    disagrees with onnxruntime beyond `tolerance`.
     """
     start = time.perf_counter()
-    loaded, normalised = open_model(path, input_name, input_shape)
+    loaded = path if isinstance(path, LoadedModel) else load_model(path)
+    normalised = normalise(loaded.proto, input_name, input_shape)
     chosen = select_layers(list_layers(normalised), layers, constant_tensors(normalised))
     check_differentiable(normalised, chosen)
     conversion = convert(normalised, chosen)

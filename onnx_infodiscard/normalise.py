@@ -667,12 +667,22 @@ def _missing_shapes(model: onnx.ModelProto) -> bool:
 
 
 def _symbolic_shape_inference(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    """onnxruntime's inference; it saves a debug copy into the working folder when incomplete,
+    so it runs inside a temporary one."""
+    import os
+    import tempfile
 
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:
-        return None
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)
+        try:
+            return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        except Exception:
+            return None
+        finally:
+            os.chdir(here)
 
 
 def _symmetric(pads: Sequence[int]) -> bool:

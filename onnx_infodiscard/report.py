@@ -257,14 +257,17 @@ def _image_keys(report: Report) -> list[str]:
 
 
 def _write_maps(report: Report, path: Path) -> None:
-    """maps.npz: `{image}|{layer}|entropy`, `|sensitivity` and `|log_sigma` per result (float32)."""
+    """maps.npz: `{image}|{layer}|entropy`, `|sensitivity`, `|log_sigma` (and `|ru`) per result."""
     arrays = {}
     for r, image in zip(report.results, _image_keys(report)):
-        for kind in ("entropy", "sensitivity", "log_sigma"):
+        maps = {"entropy": r.entropy, "sensitivity": r.sensitivity, "log_sigma": r.log_sigma}
+        if r.ru is not None:
+            maps["ru"] = r.ru.map
+        for kind, values in maps.items():
             key = f"{image}|{r.layer}|{kind}"
             if key in arrays:
                 raise ValueError(f"two results share the map key {key!r}")
-            arrays[key] = np.asarray(getattr(r, kind), dtype=np.float32)
+            arrays[key] = np.asarray(values, dtype=np.float32)
     with path.open("wb") as handle:
         np.savez(handle, **arrays)
 

@@ -29,6 +29,7 @@ CACHE_ENV = "INFODISCARD_CACHE"
 class DecoderConfig:
     """Everything that decides a decoder; part of its cache key."""
 
+    architecture: int = 2  # bumped whenever decoder_for changes, so old cache entries are not reused
     width: int = 32
     epochs: int = 60
     batch: int = 32
@@ -49,8 +50,26 @@ class TrainedDecoder:
     from_cache: bool
 
 
-def decoder_for(feature_shape: Sequence[int], image_shape: Sequence[int], width: int) -> nn.Module:
-    """Spatial features (c, h, w) -> an upsampling conv decoder; anything else -> an MLP."""
+class Standardise(nn.Module):
+    """Features scaled per channel to zero mean, unit variance on the training set: deep layers'
+    large activations would otherwise saturate the decoder from its first step."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        super().__init__()
+        dims = [0, 2, 3] if features.dim() == 4 else [0]
+        self.register_buffer("mean", features.mean(dims, keepdim=True)[0])
+        self.register_buffer("std", features.std(dims, keepdim=True)[0].clamp_min(1e-6))
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return (feature - self.mean) / self.std
+
+
+def decoder_for(features: torch.Tensor, image_shape: Sequence[int], width: int) -> nn.Module:
+    """Spatial features (N, c, h, w) -> an upsampling conv decoder; anything else -> an MLP."""
+    return nn.Sequential(Standardise(features), _decoder_body(features.shape[1:], image_shape, width))
+
+
+def _decoder_body(feature_shape: Sequence[int], image_shape: Sequence[int], width: int) -> nn.Module:
     channels, height, width_px = image_shape
     if len(feature_shape) == 3:
         c, h, _ = feature_shape
@@ -102,7 +121,7 @@ def trained_decoder(
         features = torch.cat([feature(chunk).float() for chunk in images.split(64)])
     key = decoder_key(model_sha256, layer, config, images_hash(train_images), features.shape[1:])
     path = cache_dir() / f"{key}.safetensors"
-    module = decoder_for(features.shape[1:], images.shape[1:], config.width).to(device)
+    module = decoder_for(features, images.shape[1:], config.width).to(device)
     if path.is_file() and not retrain:
         cached = _load(path, module)
         if cached is not None:

@@ -123,7 +123,8 @@ def test_writes_every_file_with_expected_content(written):
     with (out / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(report.images) * len(report.layers)
-    assert tuple(rows[0].keys()) == report_module.CSV_COLUMNS
+    assert tuple(rows[0].keys()) == report_module.CSV_COLUMNS + report_module.RU_COLUMNS
+    assert all(row["ru"] == "" for row in rows)  # no RU asked for
     assert {(r["image"], r["layer"]) for r in rows} == {(r.image, r.layer) for r in report.results}
     assert math.isclose(float(rows[0]["cid"]), report.results[0].cid, rel_tol=1e-12)
     assert [r["converged"] for r in rows].count("false") == 1

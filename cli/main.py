@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from onnx_infodiscard import InfodiscardError, __version__
@@ -20,6 +19,7 @@ from onnx_infodiscard.audit import evaluate, parse_rules, raise_on_failure
 from onnx_infodiscard.check import open_model, prepare
 from onnx_infodiscard.layers import list_layers
 from onnx_infodiscard.perturb import SolverSettings
+from onnx_infodiscard_cli.console import stage_progress, stderr, stdout
 from onnx_infodiscard_cli.zoo_commands import register as register_zoo_commands
 
 app = typer.Typer(
@@ -28,8 +28,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Measure how much of an input image's information each layer of an ONNX model discards.",
 )
-stdout = Console()
-stderr = Console(stderr=True, soft_wrap=True)
 
 ModelArg = Annotated[Path, typer.Argument(help="Path of the .onnx model.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
@@ -173,14 +171,7 @@ def analyze(
         "layout": _layout(layout), "bgr": bgr,
     }
     foreground = Foreground.parse(fg, fg_mask, fg_boxes)
-    with _progress(as_json) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, advance: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], advance=advance)
-
+    with stage_progress(as_json) as progress:
         report = run_analysis(
             model, images, layer, settings=settings, preprocessing_overrides=overrides,
             foreground=foreground, device=device, input_name=input_name,
@@ -240,15 +231,6 @@ def _print_summary(report, folder: Path) -> None:
                       fmt(row["concentration"]), fmt(row["d_over_tau"]), str(row["n_images"]), *extra)
     stdout.print(table)
     stdout.print(f"report: {folder / 'report.html'}")
-
-
-def _progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=stderr, disable=quiet, transient=True,
-    )
 
 
 def _layout(value: str | None) -> str | None:

@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from onnx_infodiscard.errors import InfodiscardError
 from onnx_infodiscard.perturb import SolverSettings
+from onnx_infodiscard_cli.console import stage_progress, stderr, stdout
 
-stdout = Console()
-stderr = Console(stderr=True, soft_wrap=True)
 
 
 class NotConverged(InfodiscardError):
@@ -69,14 +67,7 @@ def compare(
     rules = parse_rules(fail_if)
     check_output_folder(out)
     foreground = Foreground.parse(fg, fg_mask, fg_boxes)
-    with _progress(as_json) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, advance: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], advance=advance, total=total)
-
+    with stage_progress(as_json) as progress:
         comparison = run_compare(models, images, layers, settings=settings, foreground=foreground,
                                  device=device, rules=rules, progress=progress)
     folder = write_comparison(comparison, out)
@@ -147,10 +138,3 @@ def _print_table(comparison, folder: Path) -> None:
         style = "red" if outcome.failed else "green"
         stdout.print(f"[{style}]audit: {escape(outcome.describe())}[/{style}]", highlight=False)
     stdout.print(f"comparison: {folder / 'comparison.html'}", markup=False, highlight=False)
-
-
-def _progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=stderr, disable=quiet, transient=True)

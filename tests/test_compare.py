@@ -24,10 +24,9 @@ QUICK = ["--steps", "20", "--samples", "8"]
 
 
 def infodiscard(*args: str) -> subprocess.CompletedProcess:
-    """`infodiscard ...` through main.run() (with `compare`/`card` registered if main.py does not yet)."""
-    code = ("from onnx_infodiscard_cli import main, zoo_commands; zoo_commands.register(main.app); "
-            "import sys; sys.argv[0] = 'infodiscard'; main.run()")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=900)
+    """`infodiscard ...` in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "onnx_infodiscard_cli.main", *args], capture_output=True, text=True,
+                          timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,22 @@
 """onnx-infodiscard: how much of an image's information each layer of an ONNX model discards."""
 
+from .analysis import Foreground, LayerResult, Report, analyze
 from .check import PreparedModel, open_model, prepare
 from .errors import ConversionError, InfodiscardError, InputError
 from .layers import Layer, list_layers, select_layers
 from .load import LoadedModel, load_model
+from .perturb import SolverSettings
+from .report import write_report
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Foreground",
+    "LayerResult",
+    "Report",
+    "SolverSettings",
+    "analyze",
+    "write_report",
     "ConversionError",
     "InfodiscardError",
     "InputError",

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +101,7 @@ def test_writes_every_file_with_expected_content(written):
     report, tmp_path, out = written
     assert out == (tmp_path / "out").resolve()
     names = sorted(p.name for p in out.iterdir())
-    layer_pngs = [f"layer_1_conv1_Conv_output_0.png", "layer_4_relu_1.png", "layer_7_fc_Gemm_output_0.png"]
+    layer_pngs = ["layer_1_conv1_Conv_output_0.png", "layer_4_relu_1.png", "layer_7_fc_Gemm_output_0.png"]
     assert names == sorted(["report.json", "metrics.csv", "maps.npz", "report.html", "cid_vs_depth.png", *layer_pngs])
     assert leftovers(tmp_path, "out") == []
 
@@ -172,7 +171,7 @@ def test_many_images_show_the_first_eight_and_say_so(tmp_path):
 def test_summary_json(tmp_path):
     report = make_report()
     summary = summary_json(report, tmp_path / "out")
-    text = json.dumps(summary, allow_nan=False)  # no NaN/inf anywhere
+    json.dumps(summary, allow_nan=False)  # raises on NaN/inf anywhere
     assert summary["model"] == report.model_path and summary["sha256"] == report.model_sha256
     assert summary["parameters"]["tau"] == report.settings.tau
     assert summary["converged"] is False and len(summary["unconverged"]) == 1

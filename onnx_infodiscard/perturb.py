@@ -53,7 +53,7 @@ class SolverSettings:
         if not self.tau > 0:
             raise InputError(f"--tau {self.tau}: the distortion budget must be > 0 (default 0.1)")
         if self.steps <= 0:
-            raise InputError(f"--steps {self.steps}: give at least 1 optimisation step (default 150)")
+            raise InputError(f"--steps {self.steps}: give at least 1 optimisation step (default 100)")
         if self.samples <= 0 or self.eval_samples <= 0:
             raise InputError("--samples must be at least 1")
         if not self.sigma_max > 0:

@@ -259,7 +259,9 @@ def analyze(
     layer_of_row = [name for name in names for _ in canonical]
     distortion = Distortion(features, batch.to(torch_device), image_of_row, layer_of_row, [i.name for i in canonical])
     report_progress = progress or (lambda stage, advance, total: None)
-    solution = solve(distortion, settings, lambda advance: report_progress("CID: optimising σ", advance, settings.steps))
+    work = distortion.rows * settings.steps  # images × layers × steps
+    solution = solve(distortion, settings,
+                     lambda advance: report_progress("CID σ (images×layers×steps)", advance * distortion.rows, work))
     ru_results = (
         _reconstruction_uncertainty(distortion, features, settings, loaded.sha256, train_images or
                                     card_images(model, card, "train_images"), (c, h, w), decoder_config, retrain,
@@ -317,7 +319,8 @@ def _reconstruction_uncertainty(distortion, features, settings, model_sha256, tr
             lambda advance, total, name=name: progress(f"RU: decoder {name}", advance, total), device,
         )
     solution, errors = solve(
-        distortion, settings, lambda advance: progress("RU: optimising σ", advance, settings.steps),
+        distortion, settings,
+        lambda advance: progress("RU σ (images×layers×steps)", advance * distortion.rows, distortion.rows * settings.steps),
         decoders={name: d.module for name, d in decoders.items()},
         reconstruction_samples=max(256, settings.eval_samples),
     )

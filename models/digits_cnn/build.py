@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import random
 import shutil
 import sys
@@ -177,25 +176,28 @@ def export(model: nn.Module) -> None:
     )
 
 
-def relu_outputs() -> list[str]:
+def relu_outputs(path: Path = ONNX_PATH, input_name: str = "image") -> list[str]:
+    """The Relu output tensors of an exported model (shared by the other torch-built digits models)."""
     import onnx
 
-    m = onnx.load(str(ONNX_PATH))
+    m = onnx.load(str(path))
     onnx.checker.check_model(m)
-    assert [i.name for i in m.graph.input] == ["image"]
+    assert [i.name for i in m.graph.input] == [input_name]
     assert [o.name for o in m.graph.output] == ["logits"]
     return [n.output[0] for n in m.graph.node if n.op_type == "Relu"]
 
 
-def verify_onnx(model: nn.Module, x: torch.Tensor) -> float:
+def verify_onnx(model: nn.Module, x: torch.Tensor, path: Path = ONNX_PATH,
+                input_name: str = "image") -> tuple[float, float]:
+    """onnxruntime on the exported file agrees with torch: (max abs error, max |logit|)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(ONNX_PATH), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     with torch.no_grad():
         ref = model(x).numpy()
-    got = sess.run(["logits"], {"image": x.numpy()})[0]
+    got = sess.run(["logits"], {input_name: x.numpy()})[0]
     err = float(np.abs(ref - got).max())
     # 1e-5 absolute plus 1e-5 relative: logits reach ~|20| where float32
     # summation-order differences alone are a few 1e-6.
@@ -203,6 +205,17 @@ def verify_onnx(model: nn.Module, x: torch.Tensor) -> float:
     assert ok.all(), f"ONNX/torch mismatch {err}"
     assert (ref.argmax(1) == got.argmax(1)).all()
     return err, float(np.abs(ref).max())
+
+
+def embed_card(path: Path, card: dict) -> None:
+    """The card also travels inside the file (metadata_props 'infodiscard.card')."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "infodiscard.card", json.dumps(card)
+    onnx.save(model, str(path))
 
 
 def foreground_box(img_u8: np.ndarray) -> tuple[int, int, int, int]:

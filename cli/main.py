@@ -20,6 +20,7 @@ from onnx_infodiscard.check import open_model, prepare
 from onnx_infodiscard.layers import list_layers
 from onnx_infodiscard.perturb import SolverSettings
 from onnx_infodiscard_cli.console import stage_progress, stderr, stdout
+from onnx_infodiscard_cli.localize_command import register as register_localize_command
 from onnx_infodiscard_cli.zoo_commands import register as register_zoo_commands
 
 app = typer.Typer(
@@ -213,6 +214,7 @@ app.command(
 
 
 register_zoo_commands(app)
+register_localize_command(app)
 
 
 def _print_summary(report, folder: Path) -> None:

@@ -238,7 +238,7 @@ def analyze(
         input_name = card["input"]
     if not layers:
         layers = card.get("suggested_layers") or ["auto"]
-    shape = _model_input_shape(loaded.proto, input_name, input_shape)
+    shape = model_input_shape(loaded.proto, input_name, input_shape)
     if preprocessing is None:
         flags = {k: v for k, v in (preprocessing_overrides or {}).items() if v is not None}
         preprocessing = resolve_preprocessing(card, shape, **flags)
@@ -342,7 +342,7 @@ def _mean_or_none(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _model_input_shape(proto, input_name, input_shape) -> tuple[int, ...]:
+def model_input_shape(proto, input_name, input_shape) -> tuple[int, ...]:
     """The image input's dims (batch 1) before normalisation, to size the canonical image."""
     if input_shape is not None:
         return (1, *[int(v) for v in list(input_shape)[1:]])

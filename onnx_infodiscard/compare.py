@@ -13,11 +13,7 @@ import base64
 import csv
 import html
 import io
-import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -200,56 +196,23 @@ def _model_json(report: Report) -> dict:
 
 def check_output_folder(out_dir: str | Path) -> Path:
     """Up front: `--out` can be created, or replaced (empty, or an earlier report or comparison)."""
-    from .report import check_output_folder as check_report_folder
+    from .report import check_output_folder as check_folder
 
-    out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))
-    if _earlier_comparison(out_dir):
-        return out_dir
-    return check_report_folder(out_dir)
+    return check_folder(Path(out_dir), "comparison.json")
 
 
 def write_comparison(comparison: Comparison, out_dir: str | Path) -> Path:
-    """Write comparison.json, .csv, .png and a self-contained .html into `out_dir`, atomically
-    (built in a hidden sibling and swapped into place, as `report.write_report` does)."""
-    from .report import swap_into_place
+    """Write comparison.json, .csv, .png and a self-contained .html into `out_dir`, atomically."""
+    from .report import json_text, write_folder
 
-    out_dir = check_output_folder(out_dir)
-    try:
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    except OSError as err:
-        raise InputError(f"cannot write {out_dir}: {out_dir.parent} is not writable ({err.strerror or err}); "
-                         "choose another --out folder") from None
-    try:
-        os.chmod(tmp, 0o755)
-        data = comparison.to_json()
-        (tmp / "comparison.json").write_text(json_text(data), encoding="utf-8")
-        _write_csv(comparison, tmp / "comparison.csv")
+    def write(folder: Path) -> None:
+        (folder / "comparison.json").write_text(json_text(comparison.to_json()), encoding="utf-8")
+        _write_csv(comparison, folder / "comparison.csv")
         png = plot_png(comparison)
-        (tmp / "comparison.png").write_bytes(png)
-        (tmp / "comparison.html").write_text(_html(comparison, png), encoding="utf-8")
-        swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+        (folder / "comparison.png").write_bytes(png)
+        (folder / "comparison.html").write_text(_html(comparison, png), encoding="utf-8")
 
-
-def _earlier_comparison(folder: Path) -> bool:
-    marker = folder / "comparison.json"
-    if not folder.is_dir() or folder.is_symlink() or not marker.is_file():
-        return False
-    try:
-        with marker.open("rb") as handle:
-            return b'"schema_version"' in handle.read(4096)
-    except OSError:
-        return False
-
-
-def json_text(data) -> str:
-    """JSON with NaN/inf as null and numpy values as Python ones (the report's own cleaning)."""
-    from .report import json_safe
-
-    return json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
+    return write_folder(out_dir, write, "comparison.json")
 
 
 def _write_csv(comparison: Comparison, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The embedded default: the project's own digits CNN and its held-out images, in `models/`."""
+"""The embedded defaults in `models/`: the digits CNN for `analyze`, the cluttered digits for `localize`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from .errors import InputError
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = MODELS / "digits_cnn" / "digits_cnn.onnx"
+#: The localisation benchmark (`localize`): digits on cluttered photos, both polarities, distractors.
+BENCHMARK_MODEL = MODELS / "cluttered_digits" / "cluttered_digits.onnx"
 
 
 def default_model() -> Path:

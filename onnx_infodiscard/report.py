@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,18 +53,28 @@ def write_report(report: Report, out_dir: Path) -> Path:
     output folder that cannot be created or written. Any failure while writing removes the temporary
     folder and leaves an existing report untouched.
     """
-    out_dir = check_output_folder(Path(out_dir))
+    return write_folder(out_dir, lambda folder: _write_contents(report, folder), "report.json")
+
+
+def write_folder(out_dir: Path | str, write: Callable[[Path], None], marker: str) -> Path:
+    """Fill a hidden sibling folder with `write(folder)`, then swap it into place as `out_dir`.
+
+    `out_dir` may replace only an empty folder or an earlier output of the same kind (its `marker`
+    file holds a schema version). Any failure removes the temporary folder and leaves an existing
+    output untouched: nothing half-written ever looks complete.
+    """
+    out_dir = check_output_folder(Path(out_dir), marker)
     parent = out_dir.parent
     try:
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.tmp-"))
     except OSError as err:
         raise InputError(
-            f"cannot write the report folder {out_dir}: {parent} is not writable ({err.strerror or err}); "
+            f"cannot write the output folder {out_dir}: {parent} is not writable ({err.strerror or err}); "
             "choose another --out folder or fix its permissions"
         ) from None
     try:
         os.chmod(tmp, 0o755)
-        _write_contents(report, tmp)
+        write(tmp)
         swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -97,16 +108,19 @@ def summary_json(report: Report, out_dir: Path | str | None = None) -> dict:
 # the output folder
 
 
-def check_output_folder(out_dir: Path) -> Path:
-    """Up front, before any work: the folder can be created (or replaced) and its parent written."""
-    out_dir = Path(os.path.abspath(out_dir.expanduser()))
+def check_output_folder(out_dir: Path, marker: str = "report.json") -> Path:
+    """Up front, before any work: the folder can be created (or replaced) and its parent written.
+
+    An existing folder is replaced only when empty or holding an earlier output (`marker`, or a report).
+    """
+    out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))
     if out_dir.is_symlink() and out_dir.is_dir():
         out_dir = out_dir.resolve()
     if out_dir.parent == out_dir:
         raise InputError(f"--out {out_dir}: give a folder for the report, not the file system root")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is an existing file; give a folder path for the report (or remove the file)")
-    if out_dir.is_dir() and not _replaceable(out_dir):
+    if out_dir.is_dir() and not _replaceable(out_dir, marker):
         raise InputError(
             f"--out {out_dir} is a folder that holds other files and no earlier report; "
             "give a new or empty folder (it is replaced as a whole)"
@@ -133,20 +147,22 @@ def check_output_folder(out_dir: Path) -> Path:
     return out_dir
 
 
-def _replaceable(folder: Path) -> bool:
-    """An empty folder, or one holding an earlier report (its report.json has a schema version)."""
+def _replaceable(folder: Path, marker: str) -> bool:
+    """An empty folder, or one holding an earlier output (its `marker` JSON has a schema version)."""
     try:
         entries = list(folder.iterdir())
     except OSError:
         return False
     if not entries:
         return True
-    marker = folder / "report.json"
-    try:
-        with marker.open("rb") as handle:
-            return b'"schema_version"' in handle.read(4096)
-    except OSError:
-        return False
+    for name in dict.fromkeys((marker, "report.json")):
+        try:
+            with (folder / name).open("rb") as handle:
+                if b'"schema_version"' in handle.read(4096):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def swap_into_place(tmp: Path, out_dir: Path) -> None:
@@ -170,7 +186,7 @@ def swap_into_place(tmp: Path, out_dir: Path) -> None:
 
 
 def _write_contents(report: Report, folder: Path) -> None:
-    (folder / "report.json").write_text(_json_text(report.to_json()), encoding="utf-8")
+    (folder / "report.json").write_text(json_text(report.to_json()), encoding="utf-8")
     _write_csv(report, folder / "metrics.csv")
     _write_maps(report, folder / "maps.npz")
     images = _image_index(report)
@@ -179,7 +195,7 @@ def _write_contents(report: Report, folder: Path) -> None:
         results = [r for r in report.results if r.layer == layer.name]
         if not results:
             continue
-        name = f"layer_{layer.index}_{_safe_name(layer.name)}.png"
+        name = f"layer_{layer.index}_{safe_name(layer.name)}.png"
         (folder / name).write_bytes(_plot_layer(report, layer, results, images))
         plots.append((name, layer))
     depth_png = _plot_depth(report)
@@ -206,7 +222,7 @@ def json_safe(value):
     return value
 
 
-def _json_text(data) -> str:
+def json_text(data) -> str:
     return json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
 
 
@@ -272,7 +288,7 @@ def _write_maps(report: Report, path: Path) -> None:
         np.savez(handle, **arrays)
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
     return safe[:60] or "layer"
 
@@ -281,7 +297,7 @@ def _safe_name(name: str) -> str:
 # plots (matplotlib Figure + Agg canvas: no global pyplot state)
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -290,7 +306,7 @@ def _figure(width: float, height: float):
     return figure
 
 
-def _png(figure) -> bytes:
+def png_bytes(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()
@@ -340,7 +356,7 @@ def _plot_layer(report: Report, layer, results: list[LayerResult], images: list[
     width = columns[-1] + step
     ru_norm = Normalize(*_finite_range([r.ru.map for r in shown if r.ru is not None])) if has_ru else None
     height = header + sum(h + title for h in heights) + margin
-    figure = _figure(width, height)
+    figure = new_figure(width, height)
     axis = figure.add_axes((0, 0, 1, 1))
     axis.set_axis_off()
     axis.set_xlim(0, width)
@@ -400,7 +416,7 @@ def _plot_layer(report: Report, layer, results: list[LayerResult], images: list[
         colorbar = figure.colorbar(mappable, cax=cax)
         colorbar.set_label(text, fontsize=9)
         colorbar.ax.tick_params(labelsize=8)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _plot_depth(report: Report) -> bytes:
@@ -413,7 +429,7 @@ def _plot_depth(report: Report) -> bytes:
     panels = [("cid", "CID (nats per value)"), ("delta_cid", "ΔCID = CID − input (nats per value)")]
     if has_concentration:
         panels.append(("concentration", "concentration (nats)"))
-    figure = _figure(4.2 * len(panels), 3.8)
+    figure = new_figure(4.2 * len(panels), 3.8)
     baselines = [image.cid_input for image in report.images if math.isfinite(image.cid_input)]
     for k, (key, label) in enumerate(panels):
         axis = figure.add_subplot(1, len(panels), k + 1)
@@ -448,7 +464,7 @@ def _plot_depth(report: Report) -> bytes:
             axis.legend(fontsize=7, loc="best")
     figure.suptitle(f"CID versus depth, {len(report.images)} image(s), τ = {report.settings.tau:g}", fontsize=10)
     figure.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.86, wspace=0.35)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _fmt(value, digits: int = 3) -> str:

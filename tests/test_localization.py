@@ -46,7 +46,7 @@ def test_deletion_curve_rewards_the_map_of_the_region_the_model_uses():
     """A 'model' whose score is the mean of one region: deleting that region first drops it fastest."""
     rng = np.random.default_rng(0)
     image = rng.uniform(0.5, 1.0, (1, 16, 16)).astype(np.float32)
-    score = lambda x: float(x[0, 2:6, 2:6].mean())  # noqa: E731
+    score = lambda batch: batch[:, 0, 2:6, 2:6].mean(axis=(1, 2))  # noqa: E731
     right = np.zeros((16, 16))
     right[2:6, 2:6] = 1.0
     wrong = np.zeros((16, 16))
@@ -57,3 +57,7 @@ def test_deletion_curve_rewards_the_map_of_the_region_the_model_uses():
     assert curve[-1, 1] == 0.0  # everything deleted
     assert area_right < area_wrong
     assert curve[1, 1] == pytest.approx(0.0)  # the first 1/16 of pixels is exactly the used region
+    # A per-channel baseline fills each channel with its own value.
+    two = np.stack([image[0], image[0]])
+    curve, _ = deletion_curve(lambda b: b[:, 1, 2:6, 2:6].mean(axis=(1, 2)), two, right, steps=16, baseline=[0.0, 0.25])
+    assert curve[1, 1] == pytest.approx(0.25)

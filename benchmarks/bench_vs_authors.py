@@ -356,7 +356,8 @@ def benchmark(case: Case, device: torch.device, args) -> tuple[str, bool]:
         print(f"    layer {layer.index:4d} {layer.name}  {layer.op_type} {layer.shape}")
 
     authors = AuthorsSettings(steps=args.steps or AuthorsSettings.steps)
-    ours = SolverSettings(**({"steps": args.steps} if args.steps else {}), **({"grid": args.our_grid} if args.our_grid else {}))
+    ours = SolverSettings(**({"steps": args.steps} if args.steps else {}), **({"grid": args.our_grid} if args.our_grid else {}),
+                          precision=args.precision)
     print(f"    authors: {authors}")
     print(f"    ours:    {ours}")
     if args.warmup:
@@ -434,6 +435,8 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=224, help="input size of the exported torchvision models (default 224)")
     p.add_argument("--our-grid", type=int, default=None, help="σ grid for this project's solver (default: its default, full resolution)")
     p.add_argument("--eval-samples", type=int, default=64, help="fresh noise samples to measure the authors' final D/τ (default 64)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast of this project's optimisation steps (default fp32; bf16 is the GPU candidate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
                    help="split our time by solver stage (default on; on a GPU it adds one device sync per stage call)")

@@ -29,6 +29,7 @@ def localize(
     tau: Annotated[float, typer.Option(help="Distortion budget of CID's σ optimisation.")] = 0.1,
     steps: Annotated[int, typer.Option(help="Adam steps on log σ.")] = SolverSettings.steps,
     samples: Annotated[int, typer.Option(help="Noise samples per image per step.")] = SolverSettings.samples,
+    grid: Annotated[Optional[int], typer.Option(help="CID's σ on a GRID×GRID lattice (default: one σ per pixel).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overlays: Annotated[int, typer.Option(help="Per-image overlay PNGs to draw (0: none).")] = 24,
@@ -45,7 +46,7 @@ def localize(
     from onnx_infodiscard.localize_report import MARKER, write_localization
     from onnx_infodiscard.report import check_output_folder, json_text
 
-    settings = SolverSettings(tau=tau, steps=steps, samples=samples, seed=seed)
+    settings = SolverSettings(tau=tau, steps=steps, samples=samples, grid=grid, seed=seed)
     settings.validate()
     if overlays < 0:
         raise InputError(f"--overlays {overlays}: give 0 (none) or more")

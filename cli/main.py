@@ -141,6 +141,7 @@ def analyze(
     sigma_max: Annotated[float, typer.Option("--sigma-max", help="Largest σ, canonical units (1 = full pixel range).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the noise; same seed, same numbers.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="Autocast of the optimisation steps: fp32, bf16 or fp16 (D/τ is always measured in fp32).")] = "fp32",
     preset: Annotated[Optional[str], typer.Option(help="Preprocessing preset: imagenet, tf, raw01, raw255.")] = None,
     scale: Annotated[Optional[float], typer.Option(help="Multiply the [0,1] image by this (e.g. 255).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406.")] = None,
@@ -164,7 +165,8 @@ def analyze(
     from onnx_infodiscard.report import check_output_folder, summary_json, write_report
 
     rules = parse_rules(fail_if)
-    settings = SolverSettings(tau=tau, steps=steps, samples=samples, grid=grid, sigma_max=sigma_max, seed=seed)
+    settings = SolverSettings(tau=tau, steps=steps, samples=samples, grid=grid, sigma_max=sigma_max, seed=seed,
+                              precision=precision)
     settings.validate()
     check_output_folder(out)
     overrides = {

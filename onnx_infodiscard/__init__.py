@@ -5,6 +5,8 @@ from .check import PreparedModel, open_model, prepare
 from .errors import ConversionError, InfodiscardError, InputError
 from .layers import Layer, list_layers, select_layers
 from .load import LoadedModel, load_model
+from .localize import Localization, localize
+from .localize_report import write_localization
 from .perturb import SolverSettings
 from .report import write_report
 
@@ -17,6 +19,9 @@ __all__ = [
     "SolverSettings",
     "analyze",
     "write_report",
+    "Localization",
+    "localize",
+    "write_localization",
     "ConversionError",
     "InfodiscardError",
     "InputError",

@@ -233,7 +233,8 @@ def localize(
         "ig": f"Captum IntegratedGradients, black baseline, {IG_STEPS} steps, |attribution| summed over channels",
         "controls": {"brightness": "pixel intensity", "contrast": "local std in a 5×5 window",
                      "edges": "Sobel gradient magnitude", "center": "Gaussian at the image centre, σ = side/4"},
-        "tau": settings.tau, "steps": settings.steps, "samples": settings.samples, "seed": settings.seed,
+        "tau": settings.tau, "steps": settings.steps, "samples": settings.samples, "grid": settings.grid,
+        "seed": settings.seed,
     }
     from . import __version__
 

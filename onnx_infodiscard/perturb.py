@@ -13,6 +13,7 @@ standard error is at most 1 %.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,9 @@ LOG_SIGMA_MIN = math.log(1e-6)
 RECONSTRUCTION_FLOOR = (1 / 255) ** 2 / 12
 #: Step of the dual ascent on log λ, per unit of relative constraint violation.
 DUAL_RATE = 0.1
+#: Autocast dtypes of the optimisation steps. Distortion, entropy, the solver state and the final
+#: D/τ measurement stay in float32 whatever the precision, so the budget check is never approximate.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class SolverSettings:
     max_eval_samples: int = 4096
     max_batch: int = 256  # forward passes per chunk; halved on out-of-memory
     seed: int = 0
+    precision: str = "fp32"  # of the model's forward/backward in the optimisation steps: fp32, bf16 or fp16
 
     def validate(self) -> None:
         if not self.tau > 0:
@@ -60,6 +65,8 @@ class SolverSettings:
             raise InputError(f"--sigma-max {self.sigma_max}: must be > 0 (default 1.0, the full pixel range)")
         if self.grid is not None and self.grid <= 0:
             raise InputError(f"--grid {self.grid}: give a positive grid size, e.g. 16")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision {self.precision!r}: use {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -109,13 +116,24 @@ class Distortion:
                 )
             scale.append(reference.numel() * variance)
         self.scale = torch.tensor(scale, device=device)  # N·s² per row
+        self._lower_precision: dict[str, torch.Tensor] = {}
 
     @property
     def rows(self) -> int:
         return len(self.image_of_row)
 
+    def _clean(self, name: str, precision: str) -> torch.Tensor:
+        """The clean feature computed at `precision`, so that rounding does not count as distortion."""
+        if precision == "fp32":
+            return self.clean[name]
+        key = f"{name}\0{precision}"
+        if key not in self._lower_precision:
+            with torch.no_grad(), _autocast(self.images.device, precision):
+                self._lower_precision[key] = self.features[name](self.images).float()
+        return self._lower_precision[key]
+
     def per_sample(self, log_sigma: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor,
-                   decoders: Mapping[str, nn.Module] | None = None):
+                   decoders: Mapping[str, nn.Module] | None = None, precision: str = "fp32"):
         """D of each (row, sample): log_sigma (r, 1, H, W), noise (r, K, C, H, W) -> (r, K).
 
         With `decoders` ({layer: g}), also the squared reconstruction error (g(h(P(x'))) − x)²
@@ -131,14 +149,20 @@ class Distortion:
         for index in layers.unique().tolist():
             local = (layers == index).nonzero().squeeze(1)
             name = self.layer_names[index]
-            flat = self.features[name](x[local].flatten(0, 1))
+            with _autocast(x.device, precision):
+                flat = self.features[name](x[local].flatten(0, 1))
             feature = flat.unflatten(0, (len(local), k)).float()
-            reference = self.clean[name][images[local]].unsqueeze(1)
+            reference = self._clean(name, precision)[images[local]].unsqueeze(1)
             result[local] = (feature - reference).pow(2).flatten(2).sum(-1) / self.scale[rows[local]].unsqueeze(1)
             if errors is not None:
                 reconstruction = decoders[name](flat.float()).unflatten(0, (len(local), k))
                 errors[local] = (reconstruction - clean[local]).pow(2)
         return result if errors is None else (result, errors)
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 class Solver:
@@ -220,10 +244,10 @@ class Solver:
             noise = self._noise(len(rows), self.s.samples)
             log_sigma = self._full_resolution(theta[rows])
             if self.decoders is None:
-                d = self._run(lambda: self.d.per_sample(log_sigma, rows, noise)).mean(1)
+                d = self._run(lambda: self.d.per_sample(log_sigma, rows, noise, precision=self.s.precision)).mean(1)
                 gain = log_sigma.flatten(1).mean(1)
             else:
-                d, errors = self._run(lambda: self.d.per_sample(log_sigma, rows, noise, self.decoders))
+                d, errors = self._run(lambda: self.d.per_sample(log_sigma, rows, noise, self.decoders, self.s.precision))
                 d = d.mean(1)
                 gain = 0.5 * torch.log(errors.mean(1) + RECONSTRUCTION_FLOOR).flatten(1).mean(1)
             loss = (d / self.s.tau).sum() - (multiplier[rows] * gain).sum()

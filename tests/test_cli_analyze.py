@@ -82,6 +82,7 @@ def test_a_run_that_cannot_converge_says_so_and_exits_4(two_digits, tmp_path):
         (["--tau", "0"], ["--tau", "> 0"]),
         (["--tau", "-1"], ["--tau"]),
         (["--steps", "0"], ["--steps"]),
+        (["--precision", "fp8"], ["--precision", "bf16"]),
         (["--device", "cuda"], ["cuda", "--device cpu"]),
         (["--fg", "0,0,500,10"], ["outside the image"]),
         (["-l", "/relu9/Relu"], ["unknown layer", "did you mean"]),

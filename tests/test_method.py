@@ -164,3 +164,32 @@ def test_same_seed_same_numbers_on_cpu(tmp_path, image_file):
     other = analyze(model, [image_file], ["auto"], settings=SolverSettings(**{**FAST.__dict__, "seed": 1}),
                     preprocessing=NORMALISED)
     assert not np.array_equal(other.results[0].log_sigma, runs[0].results[0].log_sigma)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_steps_keep_the_answers(tmp_path, image_file, precision):
+    """Autocast only changes the optimisation's arithmetic: the maps stay those of fp32 (same seed)
+    well within seed-to-seed noise, and D/τ is still measured in fp32 against the budget."""
+    model = _export(SmallCNN(), tmp_path / "m.onnx", (1, 1, 16, 16))
+    full = analyze(model, [image_file], _relu_layers(model), settings=FAST, device="cpu", preprocessing=NORMALISED)
+    low = analyze(model, [image_file], _relu_layers(model), settings=SolverSettings(**{**FAST.__dict__, "precision": precision}),
+                  device="cpu", preprocessing=NORMALISED)
+    for a, b in zip(full.results, low.results):
+        assert b.converged and abs(b.d_over_tau - 1) <= 0.05
+        assert abs(a.cid - b.cid) < 0.01
+        assert np.corrcoef(a.log_sigma.ravel(), b.log_sigma.ravel())[0, 1] > 0.98
+    assert low.to_json()["parameters"]["precision"] == precision
+
+
+def test_linear_oracle_holds_in_bf16():
+    torch.manual_seed(0)
+    weight = torch.randn(24, 3 * 8 * 8) * torch.linspace(0.2, 2.0, 64).repeat(3)
+    image = torch.rand(3, 8, 8)
+    feature = lambda x: nn.functional.linear(x.flatten(1), weight)  # noqa: E731  (autocast casts it)
+    clean = feature(image[None])[0]
+    a = (weight.reshape(24, 3, 8, 8) ** 2).sum((0, 1)) / (clean.numel() * clean.var(unbiased=False))
+    sigma_true = torch.sqrt(TAU / (64 * a)).numpy()
+    solution = _solve(feature, image, sigma_max=100.0, max_standard_error=0.005, precision="bf16")
+    log_sigma = solution.log_sigma[0]
+    error = metrics.cid(metrics.entropy_map(log_sigma)) - metrics.cid(metrics.entropy_map(np.log(sigma_true)))
+    assert abs(error) <= 0.01 and np.median(np.abs(np.exp(log_sigma) / sigma_true - 1)) <= 0.05

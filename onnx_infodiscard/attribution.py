@@ -14,7 +14,7 @@ import torch
 from scipy import ndimage
 from torch import fx, nn
 
-from .convert import FeatureExtractor
+from .convert import FeatureExtractor, copied_graph
 from .errors import InputError
 
 #: Methods that need the model (CID is computed by the analysis itself).
@@ -53,12 +53,7 @@ class Classifier(nn.Module):
 
 def _scores_with_probes(extractor: FeatureExtractor, probe_names: dict[str, str]) -> fx.GraphModule:
     """A copy of the extractor's graph that returns only the scores, each layer routed through a probe."""
-    source = extractor.graph_module.graph
-    outputs = next(node for node in source.nodes if node.op == "output").args[0]
-    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    graph = fx.Graph()
-    remap: dict = {}
-    graph.graph_copy(source, remap)
+    graph, remap, outputs = copied_graph(extractor.graph_module)
     graph.output(remap[outputs[-1]])
     module = fx.GraphModule(extractor.graph_module, graph)
     for layer, name in probe_names.items():

@@ -53,17 +53,23 @@ class FeatureExtractor(nn.Module):
         """The same module cut after one layer (weights shared): no compute past that layer."""
         if self.names == [name]:
             return self
-        source = self.graph_module.graph
-        outputs = next(node for node in source.nodes if node.op == "output").args[0]
-        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        graph = fx.Graph()
-        remap: dict = {}
-        graph.graph_copy(source, remap)
+        graph, remap, outputs = copied_graph(self.graph_module)
         graph.output(remap[outputs[self.names.index(name)]])
         module = fx.GraphModule(self.graph_module, graph)
         module.graph.eliminate_dead_code()
         module.recompile()
         return FeatureExtractor(module, [name], self.batch_safe)
+
+
+def copied_graph(module: fx.GraphModule) -> tuple[fx.Graph, dict, tuple]:
+    """A copy of the module's graph without its output node, the old→new node map, and the old outputs."""
+    source = module.graph
+    outputs = next(node for node in source.nodes if node.op == "output").args[0]
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    graph = fx.Graph()
+    remap: dict = {}
+    graph.graph_copy(source, remap)
+    return graph, remap, outputs
 
 
 @dataclass(frozen=True)

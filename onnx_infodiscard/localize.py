@@ -16,13 +16,14 @@ import torch
 
 from .analysis import analyze, model_input_shape
 from .attribution import CONTROLS, IG_STEPS, MODEL_METHODS, Classifier, control_map, model_map
-from .check import open_model, prepare
+from .check import prepare
 from .crosscheck import CrossCheck
 from .embedded import BENCHMARK_MODEL, card_images
 from .errors import InputError, close_matches
 from .images import CanonicalImage, box_mask, find_images, load_images, read_boxes
 from .layers import list_layers, select_layers
-from .load import load_model
+from .load import LoadedModel, load_model
+from .normalise import normalise
 from .localization import DEFAULT_FRACTION, Box, box_from_map, deletion_curve, iou, pointing_hit
 from .perturb import SolverSettings, resolve_device
 from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
@@ -158,7 +159,7 @@ def localize(
     c, h, w = canonical_shape(shape, preprocessing.layout)
     canonical = load_images(find_images(images), (c, h, w))
     truths = _true_boxes(canonical, boxes)
-    layer_names, output = _layers_and_output(model, card, layers, input_name, input_shape)
+    layer_names, output = _layers_and_output(loaded, card, layers, input_name, input_shape)
 
     preprocess = Preprocess(preprocessing, c)
     batch = torch.from_numpy(np.stack([image.pixels for image in canonical]))
@@ -283,9 +284,9 @@ def _true_boxes(images: Sequence[CanonicalImage], path: Path) -> list[Box]:
     return truths
 
 
-def _layers_and_output(model: Path, card: dict, layers: Sequence[str] | None, input_name, input_shape):
+def _layers_and_output(loaded: LoadedModel, card: dict, layers: Sequence[str] | None, input_name, input_shape):
     """The chosen layers' names and the graph output that holds the class scores."""
-    _, normalised = open_model(model, input_name, input_shape)
+    normalised = normalise(loaded.proto, input_name, input_shape)
     candidates = list_layers(normalised)
     if layers:
         chosen = select_layers(candidates, layers)

@@ -188,7 +188,8 @@ def run_ours(case, features, settings: SolverSettings, device, stages: bool = Tr
         images = case.images.to(device)
         image_of_row = [i for _ in names for i in range(n)]
         layer_of_row = [name for name in names for _ in range(n)]
-        distortion = Distortion(features, images, image_of_row, layer_of_row, case.image_names)
+        settings = settings.on(device)  # as analyze does: `auto` choices made for the device
+        distortion = Distortion(features, images, image_of_row, layer_of_row, case.image_names, settings.memory_format)
         solution = solve(distortion, settings)
         _sync(device)
         seconds = time.perf_counter() - start
@@ -357,7 +358,7 @@ def benchmark(case: Case, device: torch.device, args) -> tuple[str, bool]:
 
     authors = AuthorsSettings(steps=args.steps or AuthorsSettings.steps)
     ours = SolverSettings(**({"steps": args.steps} if args.steps else {}), **({"grid": args.our_grid} if args.our_grid else {}),
-                          precision=args.precision)
+                          precision=args.precision, memory_format=args.memory_format)
     print(f"    authors: {authors}")
     print(f"    ours:    {ours}")
     if args.warmup:
@@ -413,7 +414,9 @@ def benchmark(case: Case, device: torch.device, args) -> tuple[str, bool]:
     met = sum(abs(r.d_over_tau - 1) <= TOLERANCE for r in results.values())
     print(f"    summary: authors met the budget on {met}/{len(results)}; ours converged on "
           f"{int(np.sum(solution.converged))}/{len(solution.converged)}")
-    name = case.name + (f"-steps{args.steps}" if args.steps else "")  # never mistaken for a default-steps run
+    # never mistaken for a run at the defaults: fewer steps, another precision or a forced layout
+    name = (case.name + (f"-steps{args.steps}" if args.steps else "") + (f"-{args.precision}" if args.precision != "fp32" else "")
+            + (f"-{args.memory_format}" if args.memory_format != "auto" else ""))
     line = (f"RESULT model={name} device={device.type} authors_s_per_img={a:.4g} ours_s_per_img={b:.4g} "
             f"speedup={a / b:.3g} converged={'true' if converged else 'false'}")
     return line, converged
@@ -437,6 +440,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-samples", type=int, default=64, help="fresh noise samples to measure the authors' final D/τ (default 64)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast of this project's optimisation steps (default fp32; bf16 is the GPU candidate)")
+    p.add_argument("--memory-format", default="auto", choices=["auto", "contiguous", "channels_last"],
+                   help="activation layout of this project's solver (default auto: channels_last on cuda, contiguous on cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
                    help="split our time by solver stage (default on; on a GPU it adds one device sync per stage call)")

@@ -229,6 +229,7 @@ def analyze(
     start = time.perf_counter()
     settings.validate()
     torch_device = resolve_device(device)
+    settings = settings.on(torch_device)
     model = Path(model) if model is not None else default_model()
     loaded = load_model(model)
     card = read_card(model, loaded.proto)
@@ -257,7 +258,8 @@ def analyze(
     features = {name: Pipeline(preprocess, prepared.module.only(name), name).to(torch_device) for name in names}
     image_of_row = [i for _ in names for i in range(len(canonical))]
     layer_of_row = [name for name in names for _ in canonical]
-    distortion = Distortion(features, batch.to(torch_device), image_of_row, layer_of_row, [i.name for i in canonical])
+    distortion = Distortion(features, batch.to(torch_device), image_of_row, layer_of_row, [i.name for i in canonical],
+                            settings.memory_format)
     report_progress = progress or (lambda stage, advance, total: None)
     work = distortion.rows * settings.steps  # images × layers × steps
     solution = solve(distortion, settings,

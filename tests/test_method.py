@@ -15,25 +15,30 @@ from onnx_infodiscard.perturb import Distortion, SolverSettings, solve
 from onnx_infodiscard.preprocess import Preprocessing
 
 TAU = 0.1
+#: The solver oracles (METHOD §6) run on every device; CUDA shows as skipped, with its reason, where there is none.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here (benchmarks/gpu_check.sh runs these on a GPU)"))]
 
 
-def _solve(feature, image: torch.Tensor, **settings):
-    distortion = Distortion({"f": feature}, image[None], [0], ["f"])
+def _solve(feature, image: torch.Tensor, device: str = "cpu", **settings):
+    distortion = Distortion({"f": feature}, image[None].to(device), [0], ["f"])
     return solve(distortion, SolverSettings(tau=TAU, **settings))
 
 
-def test_linear_layer_recovers_the_closed_form():
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_layer_recovers_the_closed_form(device):
     """h(x) = W·vec(x): σ_uv² = τ / (n·a_uv), a_uv = Σ_c ‖W[:, c,u,v]‖² / (N·s²)."""
     torch.manual_seed(0)
     channels, size, outputs = 3, 8, 24
     weight = torch.randn(outputs, channels * size * size) * torch.linspace(0.2, 2.0, size * size).repeat(channels)
     image = torch.rand(channels, size, size)
-    feature = lambda x: x.flatten(1) @ weight.T  # noqa: E731
-    clean = feature(image[None])[0]
+    on_device = weight.to(device)
+    feature = lambda x: x.flatten(1) @ on_device.T  # noqa: E731
+    clean = image[None].flatten(1) @ weight.T
     a = (weight.reshape(outputs, channels, size, size) ** 2).sum((0, 1)) / (clean.numel() * clean.var(unbiased=False))
     sigma_true = torch.sqrt(TAU / (size * size * a)).numpy()
 
-    solution = _solve(feature, image, sigma_max=100.0, max_standard_error=0.005)
+    solution = _solve(feature, image, device, sigma_max=100.0, max_standard_error=0.005)
 
     log_sigma = solution.log_sigma[0]
     mean_entropy_error = metrics.cid(metrics.entropy_map(log_sigma)) - metrics.cid(metrics.entropy_map(np.log(sigma_true)))
@@ -43,10 +48,34 @@ def test_linear_layer_recovers_the_closed_form():
     assert solution.multiplier[0] == pytest.approx(2.0, rel=0.25)  # the linear case's λ
 
 
-def test_identity_layer_is_uniform_at_sqrt_tau_std():
+def test_out_of_device_memory_halves_the_batch_and_still_solves():
+    """A device that holds at most 48 forward passes: the solver halves its batch until the work
+    fits, says so in `max_batch`, and the answer is still the closed form."""
+    torch.manual_seed(0)
+    weight = torch.randn(12, 4 * 4) * torch.linspace(0.5, 2.0, 16)
+    images = torch.rand(8, 1, 4, 4)
+
+    def small_device(x):
+        if x.shape[0] > 48:
+            raise torch.OutOfMemoryError("simulated: out of device memory")
+        return x.flatten(1) @ weight.T
+
+    distortion = Distortion({"f": small_device}, images, list(range(8)), ["f"] * 8)
+    solution = solve(distortion, SolverSettings(tau=TAU, sigma_max=100.0))
+    assert solution.max_batch < SolverSettings.max_batch
+    assert solution.converged.all()
+    for image, log_sigma in zip(images, solution.log_sigma):
+        clean = small_device(image[None])[0]
+        a = (weight**2).sum(0).reshape(4, 4) / (clean.numel() * clean.var(unbiased=False))
+        sigma_true = torch.sqrt(TAU / (16 * a)).numpy()
+        assert np.median(np.abs(np.exp(log_sigma) / sigma_true - 1)) <= 0.1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_identity_layer_is_uniform_at_sqrt_tau_std(device):
     torch.manual_seed(1)
     image = torch.rand(3, 12, 12)
-    solution = _solve(lambda x: x, image)
+    solution = _solve(lambda x: x, image, device)
     sigma = np.exp(solution.log_sigma[0])
     expected = math.sqrt(TAU) * float(image.std(unbiased=False))
     assert np.median(np.abs(sigma / expected - 1)) <= 0.05
@@ -54,12 +83,13 @@ def test_identity_layer_is_uniform_at_sqrt_tau_std():
     assert cid == pytest.approx(metrics.input_cid(image.numpy(), TAU), abs=0.01)
 
 
-def test_a_region_the_layer_ignores_saturates_at_sigma_max():
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_region_the_layer_ignores_saturates_at_sigma_max(device):
     torch.manual_seed(2)
-    conv = nn.Conv2d(1, 4, 3, padding=1)
+    conv = nn.Conv2d(1, 4, 3, padding=1).to(device)
     feature = lambda x: torch.relu(conv(x[..., :8]))  # noqa: E731  (ignores columns 8..15)
     image = torch.rand(1, 16, 16)
-    solution = _solve(feature, image, sigma_max=1.0)
+    solution = _solve(feature, image, device, sigma_max=1.0)
     log_sigma = solution.log_sigma[0]
     ignored, used = log_sigma[:, 9:], log_sigma[:, :7]
     assert metrics.saturated_fraction(ignored, 1.0) == 1.0
@@ -179,6 +209,22 @@ def test_low_precision_steps_keep_the_answers(tmp_path, image_file, precision):
         assert abs(a.cid - b.cid) < 0.01
         assert np.corrcoef(a.log_sigma.ravel(), b.log_sigma.ravel())[0, 1] > 0.98
     assert low.to_json()["parameters"]["precision"] == precision
+
+
+def test_channels_last_keeps_the_answers_and_auto_is_contiguous_on_cpu(tmp_path, image_file):
+    """The activation layout only changes the convolutions' summation order, never the maps; the
+    report records the layout that `auto` chose, so a run can be repeated exactly."""
+    model = _export(SmallCNN(), tmp_path / "m.onnx", (1, 1, 16, 16))
+    layers = _relu_layers(model)
+    auto = analyze(model, [image_file], layers, settings=FAST, device="cpu", preprocessing=NORMALISED)
+    last = analyze(model, [image_file], layers, settings=SolverSettings(**{**FAST.__dict__, "memory_format": "channels_last"}),
+                   device="cpu", preprocessing=NORMALISED)
+    assert auto.to_json()["parameters"]["memory_format"] == "contiguous"
+    assert last.to_json()["parameters"]["memory_format"] == "channels_last"
+    for a, b in zip(auto.results, last.results):
+        assert b.converged
+        assert abs(a.cid - b.cid) < 1e-3
+        assert np.corrcoef(a.log_sigma.ravel(), b.log_sigma.ravel())[0, 1] > 0.999
 
 
 def test_linear_oracle_holds_in_bf16():

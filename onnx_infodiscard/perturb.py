@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -98,6 +99,7 @@ class Solution:
 
 
 Feature = Callable[[torch.Tensor], torch.Tensor]
+T = TypeVar("T")
 
 
 class Distortion:
@@ -210,16 +212,15 @@ class Solver:
     def solve(self) -> Solution:
         start = time.perf_counter()
         s = self.s
-        theta = self._initial_log_sigma()
+        theta = self._retrying(self._initial_log_sigma)
         theta.requires_grad_(True)
         log_multiplier = torch.full((self.d.rows,), math.log(2.0), device=self.device)
         optimiser = torch.optim.Adam([theta], lr=s.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=s.steps, eta_min=s.lr / 10)
         average, averaged = torch.zeros_like(theta), 0
         for step in range(s.steps):
-            optimiser.zero_grad(set_to_none=True)
             multiplier = log_multiplier.exp()
-            ratio = self._accumulate_gradient(theta, multiplier)
+            ratio = self._retrying(lambda: self._accumulate_gradient(theta, multiplier))
             optimiser.step()
             schedule.step()
             with torch.no_grad():
@@ -230,7 +231,7 @@ class Solver:
                     averaged += 1
             self.progress(1)
         theta = (average / max(averaged, 1)).detach()
-        theta, d_over_tau, se, n = self._project_and_measure(theta)
+        theta, d_over_tau, se, n = self._retrying(lambda: self._project_and_measure(theta.clone()))
         converged = (np.abs(d_over_tau - 1) <= s.tolerance) & (se <= s.max_standard_error)
         return Solution(
             log_sigma=self._full_resolution(theta).squeeze(1).cpu().numpy(),
@@ -260,15 +261,16 @@ class Solver:
 
         gain = mean(log σ) for CID; for RU the mean of ½ log E_ε[(g(h(P(x'))) − x)²].
         """
+        theta.grad = None  # a stage redone after an out-of-memory starts clean
         ratios = torch.empty(self.d.rows, device=self.device)
         for rows in self._chunks(self.s.samples):
             noise = self._noise(len(rows), self.s.samples)
             log_sigma = self._full_resolution(theta[rows])
             if self.decoders is None:
-                d = self._run(lambda: self.d.per_sample(log_sigma, rows, noise, precision=self.s.precision)).mean(1)
+                d = self.d.per_sample(log_sigma, rows, noise, precision=self.s.precision).mean(1)
                 gain = log_sigma.flatten(1).mean(1)
             else:
-                d, errors = self._run(lambda: self.d.per_sample(log_sigma, rows, noise, self.decoders, self.s.precision))
+                d, errors = self.d.per_sample(log_sigma, rows, noise, self.decoders, self.s.precision)
                 d = d.mean(1)
                 gain = 0.5 * torch.log(errors.mean(1) + RECONSTRUCTION_FLOOR).flatten(1).mean(1)
             loss = (d / self.s.tau).sum() - (multiplier[rows] * gain).sum()
@@ -279,15 +281,19 @@ class Solver:
     def reconstruction_error(self, log_sigma: np.ndarray, samples: int) -> np.ndarray:
         """E_ε[(g(h(P(x'))) − x)²] per row, channel and pixel at the solved σ, (rows, C, H, W)."""
         theta = torch.as_tensor(log_sigma, device=self.device).unsqueeze(1)
-        total = torch.zeros((self.d.rows, self.channels, self.height, self.width), device=self.device)
-        with torch.no_grad():
-            for start in range(0, samples, self.s.samples):
-                block = min(self.s.samples, samples - start)
-                for rows in self._chunks(block):
-                    noise = self._noise(len(rows), block)
-                    _, errors = self._run(lambda: self.d.per_sample(theta[rows], rows, noise, self.decoders))
-                    total[rows] += errors.sum(1)
-        return (total / samples).cpu().numpy()
+
+        def mean_error() -> torch.Tensor:
+            total = torch.zeros((self.d.rows, self.channels, self.height, self.width), device=self.device)
+            with torch.no_grad():
+                for start in range(0, samples, self.s.samples):
+                    block = min(self.s.samples, samples - start)
+                    for rows in self._chunks(block):
+                        noise = self._noise(len(rows), block)
+                        _, errors = self.d.per_sample(theta[rows], rows, noise, self.decoders)
+                        total[rows] += errors.sum(1)
+            return total / samples
+
+        return self._retrying(mean_error).cpu().numpy()
 
     def _project_and_measure(self, theta: torch.Tensor):
         """Shift log σ uniformly onto D = τ, then measure D/τ on fresh noise to 1 % standard error.
@@ -350,7 +356,7 @@ class Solver:
                     chunk = rows[local]
                     noise = self._noise(len(chunk), block)
                     log_sigma = self._full_resolution(theta[chunk])
-                    out[local] = self._run(lambda: self.d.per_sample(log_sigma, chunk, noise)) / self.s.tau
+                    out[local] = self.d.per_sample(log_sigma, chunk, noise) / self.s.tau
                 blocks.append(out)
         return torch.cat(blocks, dim=1)
 
@@ -369,38 +375,31 @@ class Solver:
         per_chunk = max(1, (batch or self.max_batch) // samples)
         return [self.rows[i : min(i + per_chunk, count)] for i in range(0, count, per_chunk)]
 
-    def _run(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Run `compute`; on device out-of-memory halve the batch for the rest of the solve and retry."""
-        try:
-            return compute()
-        except torch.OutOfMemoryError:
-            if self.max_batch <= 1:
-                raise InputError("out of device memory even at one sample per batch; use a smaller input or --device cpu") from None
-            self.max_batch //= 2
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise _RetrySmaller() from None
-
-
-class _RetrySmaller(Exception):
-    """Internal: a chunk ran out of memory and the batch was halved."""
+    def _retrying(self, stage: Callable[[], T]) -> T:
+        """Run one stage (the start, a step, the measurement); on device out-of-memory halve the
+        batch for the rest of the solve and run that stage again, keeping the work already done."""
+        while True:
+            try:
+                return stage()
+            except torch.OutOfMemoryError:
+                if self.max_batch <= 1:
+                    raise InputError("out of device memory even at one sample per batch; use a smaller input or --device cpu") from None
+                self.max_batch //= 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
 
 
 def solve(distortion: Distortion, settings: SolverSettings, progress: Callable[[int], None] | None = None,
           decoders: Mapping[str, nn.Module] | None = None, reconstruction_samples: int = 0):
-    """Solve every row; an out-of-memory restarts the solve at half the batch (the report says so).
+    """Solve every row; an out-of-memory halves the batch and the solve goes on (the report says so).
 
     With `decoders`, the RU objective; `reconstruction_samples` > 0 also returns E[(g − x)²] maps.
     """
-    while True:
-        solver = Solver(distortion, settings, progress, decoders)
-        try:
-            solution = solver.solve()
-            if not reconstruction_samples:
-                return solution
-            return solution, solver.reconstruction_error(solution.log_sigma, reconstruction_samples)
-        except _RetrySmaller:
-            settings = replace(settings, max_batch=solver.max_batch)
+    solver = Solver(distortion, settings, progress, decoders)
+    solution = solver.solve()
+    if not reconstruction_samples:
+        return solution
+    return solution, solver.reconstruction_error(solution.log_sigma, reconstruction_samples)
 
 
 def resolve_device(name: str) -> torch.device:

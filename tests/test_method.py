@@ -48,24 +48,29 @@ def test_linear_layer_recovers_the_closed_form(device):
     assert solution.multiplier[0] == pytest.approx(2.0, rel=0.25)  # the linear case's λ
 
 
-def test_out_of_device_memory_halves_the_batch_and_still_solves():
-    """A device that holds at most 48 forward passes: the solver halves its batch until the work
-    fits, says so in `max_batch`, and the answer is still the closed form."""
+def test_out_of_device_memory_halves_the_batch_and_the_solve_goes_on():
+    """Device memory shrinks mid-solve (another process took it) to 48 forward passes: the solver
+    halves its batch until the work fits, says so in `max_batch`, goes on from the step it was at
+    (no step is run twice), and still reaches the closed form."""
     torch.manual_seed(0)
     weight = torch.randn(12, 4 * 4) * torch.linspace(0.5, 2.0, 16)
     images = torch.rand(8, 1, 4, 4)
+    calls = []
 
-    def small_device(x):
-        if x.shape[0] > 48:
+    def shrinking_device(x):
+        calls.append(len(x))
+        if len(calls) > 20 and len(x) > 48:
             raise torch.OutOfMemoryError("simulated: out of device memory")
         return x.flatten(1) @ weight.T
 
-    distortion = Distortion({"f": small_device}, images, list(range(8)), ["f"] * 8)
-    solution = solve(distortion, SolverSettings(tau=TAU, sigma_max=100.0))
-    assert solution.max_batch < SolverSettings.max_batch
+    steps = []
+    distortion = Distortion({"f": shrinking_device}, images, list(range(8)), ["f"] * 8)
+    solution = solve(distortion, SolverSettings(tau=TAU, sigma_max=100.0), progress=steps.append)
+    assert solution.max_batch < SolverSettings.max_batch and max(calls[-50:]) <= 48
+    assert len(steps) == SolverSettings.steps
     assert solution.converged.all()
     for image, log_sigma in zip(images, solution.log_sigma):
-        clean = small_device(image[None])[0]
+        clean = image[None].flatten(1) @ weight.T
         a = (weight**2).sum(0).reshape(4, 4) / (clean.numel() * clean.var(unbiased=False))
         sigma_true = torch.sqrt(TAU / (16 * a)).numpy()
         assert np.median(np.abs(np.exp(log_sigma) / sigma_true - 1)) <= 0.1

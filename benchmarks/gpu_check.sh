@@ -6,13 +6,13 @@
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl onnx2torch==1.5.15
 # The call (device tool): run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
 #
-# Elsewhere: OUT=gpu-check bash benchmarks/gpu_check.sh   (DEVICE=cpu MODELS=digits PYTHON=.venv/bin/python: a smoke test)
+# Elsewhere: OUT=gpu-check bash benchmarks/gpu_check.sh   (the project venv if there is one, else python3; DEVICE=cpu MODELS=digits: a smoke test)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
 DEVICE=${DEVICE:-cuda}
 MODELS=${MODELS:-digits,vgg16,resnet50}
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1

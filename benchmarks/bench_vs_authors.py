@@ -49,7 +49,7 @@ from onnx_infodiscard.check import prepare
 from onnx_infodiscard.errors import InfodiscardError
 from onnx_infodiscard.images import find_images, load_images
 from onnx_infodiscard.metrics import HALF_LOG_2PIE
-from onnx_infodiscard.perturb import Distortion, Pipeline, SolverSettings, resolve_device, solve
+from onnx_infodiscard.perturb import MEMORY_FORMATS, PRECISIONS, Distortion, Pipeline, SolverSettings, resolve_device, solve
 from onnx_infodiscard.preprocess import PRESETS, Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
 
 REPO = Path(__file__).resolve().parent.parent
@@ -438,9 +438,9 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=224, help="input size of the exported torchvision models (default 224)")
     p.add_argument("--our-grid", type=int, default=None, help="σ grid for this project's solver (default: its default, full resolution)")
     p.add_argument("--eval-samples", type=int, default=64, help="fresh noise samples to measure the authors' final D/τ (default 64)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="autocast of this project's optimisation steps (default fp32; bf16 is the GPU candidate)")
-    p.add_argument("--memory-format", default="auto", choices=["auto", "contiguous", "channels_last"],
+    p.add_argument("--memory-format", default="auto", choices=MEMORY_FORMATS,
                    help="activation layout of this project's solver (default auto: channels_last on cuda, contiguous on cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,

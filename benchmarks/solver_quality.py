@@ -1,6 +1,6 @@
-"""Solver settings against a long reference run on the shipped digits model: speed vs map quality.
+"""Solver settings against a long reference run on one model (default: the shipped digits CNN): speed vs map quality.
 
-    python benchmarks/solver_quality.py --images 6 \
+    python benchmarks/solver_quality.py [--model models/cluttered_digits/cluttered_digits.onnx] --images 6 \
         --config 'defaults={}' --config '40x8={"steps": 40, "samples": 8}' --config 'bf16={"precision": "bf16"}'
 
 The first line is the reference (default: 400 steps × 16 samples). For every other configuration it
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,20 +25,21 @@ from onnx_infodiscard.perturb import SolverSettings
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=6, help="first N shipped digits (default 6)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="an .onnx with a card and images/ beside it (default: the shipped digits CNN)")
+    parser.add_argument("--images", type=int, default=6, help="first N images of the model's images/ folder (default 6)")
     parser.add_argument("--reference", default='{"steps": 400, "samples": 16}', help="SolverSettings JSON of the reference")
     parser.add_argument("--config", action="append", default=[], help="NAME=SolverSettings JSON; repeatable")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    images = sorted((DEFAULT_MODEL.parent / "images").glob("*.png"))[: args.images]
+    images = sorted((args.model.parent / "images").glob("*.png"))[: args.images]
     configs = [("reference", json.loads(args.reference))] + [
         (text.split("=", 1)[0], json.loads(text.split("=", 1)[1])) for text in args.config or ["defaults={}"]
     ]
     reference = None
     for name, overrides in configs:
         start = time.perf_counter()
-        report = analyze(None, images, settings=SolverSettings(**overrides), device="cpu")
+        report = analyze(args.model, images, settings=SolverSettings(**overrides), device="cpu")
         seconds = time.perf_counter() - start
         maps = np.stack([r.log_sigma for r in report.results])
         cids = np.array([r.cid for r in report.results])

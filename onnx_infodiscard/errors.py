@@ -1,4 +1,9 @@
-"""Errors a user can act on. Each carries the CLI exit code that reports it."""
+"""Errors a user can act on. Each carries the CLI exit code that reports it.
+
+A library error about one argument names it by its Python name in `option` (`tau`, `max_memory`)
+and leaves it out of the message; `str(err)` reads `tau: ...` for library users, and the CLI
+renders the same error as `--tau: ...`. Library messages never spell a CLI flag themselves.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,18 @@ class InfodiscardError(Exception):
     """Base class: a one-line message that names the problem and the fix."""
 
     exit_code = 2
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.option = option
+
+    def __str__(self) -> str:
+        return f"{self.option}: {self.message}" if self.option else self.message
+
+    def rendered(self, as_flag=lambda option: "--" + option.replace("_", "-")) -> str:
+        """The message with its option shown as the front end spells it (a CLI flag by default)."""
+        return f"{as_flag(self.option)}: {self.message}" if self.option else self.message
 
 
 class InputError(InfodiscardError):

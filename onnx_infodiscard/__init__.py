@@ -1,7 +1,10 @@
 """onnx-infodiscard: how much of an image's information each layer of an ONNX model discards."""
 
-from .analysis import Foreground, LayerResult, Report, analyze
+from .analysis import analyze
+from .foreground import Foreground
+from .results import LayerResult, Report
 from .check import PreparedModel, open_model, prepare
+from .session import Session, open_session
 from .errors import ConversionError, InfodiscardError, InputError
 from .layers import Layer, list_layers, select_layers
 from .load import LoadedModel, load_model
@@ -14,6 +17,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Foreground",
+    "Session",
+    "open_session",
     "LayerResult",
     "Report",
     "SolverSettings",

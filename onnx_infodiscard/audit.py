@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Union
 from .errors import InfodiscardError, InputError, close_matches
 
 if TYPE_CHECKING:  # analysis may import this module; no import cycle at run time
-    from .analysis import Report
+    from .results import Report
 
 METRICS = ("cid", "delta_cid", "concentration", "ru")
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}

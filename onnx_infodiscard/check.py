@@ -48,21 +48,34 @@ def prepare(
     probe: np.ndarray | None = None,
     prefer_cuda: bool = False,
 ) -> PreparedModel:
-    """Load, normalise, choose layers, convert, and cross-check on `probe` (model-space input).
-
-    `path` may be a model `load_model` already read. Raises ConversionError when any layer
-    disagrees with onnxruntime beyond `tolerance`.
-    """
+    """Load, normalise, choose layers, convert, and cross-check on `probe` (model-space input;
+    default: uniform noise). `path` may be a model `load_model` already read."""
     start = time.perf_counter()
     loaded = path if isinstance(path, LoadedModel) else load_model(path)
     normalised = normalise(loaded.proto, input_name, input_shape)
-    chosen = select_layers(list_layers(normalised), layers, constant_tensors(normalised))
-    check_differentiable(normalised, chosen)
-    conversion = convert(normalised, chosen)
+    chosen = choose_layers(normalised, layers)
     if probe is None:
         probe = np.random.default_rng(0).random(normalised.input_shape, dtype=np.float32)
+    conversion, result = convert_and_check(normalised, chosen, probe, tolerance, prefer_cuda)
+    return PreparedModel(loaded, normalised, tuple(chosen), conversion, result, time.perf_counter() - start)
+
+
+def choose_layers(normalised: NormalisedModel, specs: Sequence[str]) -> list[Layer]:
+    """Names, indices, globs or `auto` to layers the image reaches differentiably."""
+    chosen = select_layers(list_layers(normalised), specs, constant_tensors(normalised))
+    check_differentiable(normalised, chosen)
+    return chosen
+
+
+def convert_and_check(normalised: NormalisedModel, layers: Sequence[Layer], probe: np.ndarray, tolerance: float,
+                      prefer_cuda: bool) -> tuple[Conversion, CrossCheck]:
+    """onnx2torch at `layers`, then every layer against onnxruntime on `probe`.
+
+    Raises ConversionError when any layer disagrees beyond `tolerance`.
+    """
+    conversion = convert(normalised, layers)
     with torch.no_grad():
         features = conversion.module(torch.from_numpy(probe))
     result = cross_check(conversion.truncated, normalised.input_name, features, probe, tolerance, prefer_cuda)
     result.raise_on_failure()
-    return PreparedModel(loaded, normalised, tuple(chosen), conversion, result, time.perf_counter() - start)
+    return conversion, result

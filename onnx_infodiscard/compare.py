@@ -19,7 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .analysis import SCHEMA_VERSION, Foreground, Report, analyze
+from .analysis import analyze
+from .foreground import Foreground
+from .results import SCHEMA_VERSION, Report
+from .rowcache import RowCache
 from .audit import Rule, RuleOutcome, evaluate
 from .errors import InputError
 from .perturb import SolverSettings
@@ -114,13 +117,16 @@ def compare(
     foreground: Foreground | None = None,
     device: str = "auto",
     rules: Sequence[Rule] = (),
+    cache: RowCache | None = None,
+    ray: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Comparison:
     """Analyse every model on the same images with the same settings; align by relative depth.
 
     `layers` applies to every model; None: each model's card `suggested_layers`, else `auto`.
     With no images, the image folder that every model's card names, when they agree.
-    `rules` (`audit.parse_rule`) are judged on each model; `progress(stage, advance, total)` as for
+    `rules` (`audit.parse_rule`) are judged on each model; `cache` and `ray` as for `analyze` (a
+    comparison with one more model solves only that model's rows); `progress(stage, advance, total)` as for
     `analyze`, with the model's name in front of each stage.
     """
     if not models:
@@ -134,7 +140,7 @@ def compare(
     for name, path in zip(names, paths):
         advance = (lambda stage, a, t, name=name: progress(f"{name}: {stage}", a, t)) if progress else None
         reports.append(analyze(path, list(images), list(layers) if layers else None, settings=settings,
-                               foreground=foreground, device=device, progress=advance))
+                               foreground=foreground, device=device, cache=cache, ray=ray, progress=advance))
     rows = tuple(row for name, report in zip(names, reports) for row in _rows(name, report))
     comparison = Comparison(tuple(names), tuple(reports), rows)
     outcomes = tuple(evaluate(rules, audit_table(comparison))) if rules else ()

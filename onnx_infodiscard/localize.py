@@ -14,19 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .analysis import analyze, model_input_shape
+from .analysis import analyze
 from .attribution import CONTROLS, IG_STEPS, MODEL_METHODS, Classifier, control_map, model_map
-from .check import prepare
 from .crosscheck import CrossCheck
-from .embedded import BENCHMARK_MODEL, card_images
+from .embedded import BENCHMARK_MODEL
 from .errors import InputError, close_matches
-from .images import CanonicalImage, box_mask, find_images, load_images, read_boxes
-from .layers import list_layers, select_layers
-from .load import LoadedModel, load_model
-from .normalise import normalise
+from .images import CanonicalImage, box_mask, read_boxes
+from .load import load_model
 from .localization import DEFAULT_FRACTION, Box, box_from_map, deletion_curve, iou, pointing_hit
-from .perturb import SolverSettings, resolve_device
-from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
+from .perturb import SolverSettings
+from .preprocess import Preprocessing, read_card
+from .rowcache import RowCache
+from .session import open_session
 
 SCHEMA_VERSION = 1
 #: The threshold sweep reported beside the fixed rule (chosen on the same images: optimistic).
@@ -134,6 +133,8 @@ def localize(
     device: str = "auto",
     input_name: str | None = None,
     input_shape: Sequence[int] | None = None,
+    cache: RowCache | None = None,
+    ray: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Localization:
     """Score each method's map (and each control's) against the true boxes.
@@ -146,29 +147,19 @@ def localize(
     start = time.perf_counter()
     methods, controls = _checked(methods, MODEL_METHODS, "method"), _checked(controls, CONTROLS, "control")
     report_progress = progress or (lambda stage, advance, total: None)
-    torch_device = resolve_device(device)
     model = Path(model) if model is not None else _benchmark_model()
     loaded = load_model(model)
     card = read_card(model, loaded.proto)
-    images = list(images) if images else card_images(model, card)
     boxes = Path(boxes) if boxes is not None else _card_boxes(model, card)
-    input_name = input_name or card.get("input")
-    shape = model_input_shape(loaded.proto, input_name, input_shape)
-    flags = {k: v for k, v in (preprocessing_overrides or {}).items() if v is not None}
-    preprocessing = resolve_preprocessing(card, shape, **flags)
-    c, h, w = canonical_shape(shape, preprocessing.layout)
-    canonical = load_images(find_images(images), (c, h, w))
+    session = open_session(model, images, _layer_specs(card, layers), outputs=True,
+                           preprocessing_overrides=preprocessing_overrides, input_name=input_name,
+                           input_shape=input_shape, device=device, loaded=loaded)
+    canonical, torch_device = session.images, session.device
+    c = session.shape[0]
     truths = _true_boxes(canonical, boxes)
-    layer_names, output = _layers_and_output(loaded, card, layers, input_name, input_shape)
-
-    preprocess = Preprocess(preprocessing, c)
-    batch = torch.from_numpy(np.stack([image.pixels for image in canonical]))
-    with torch.no_grad():
-        probe = preprocess(batch[:1]).numpy()
-    prepared = prepare(loaded, [*layer_names, output], input_name, input_shape, probe=probe,
-                       prefer_cuda=torch_device.type == "cuda")
-    classifier = Classifier(preprocess, prepared.module, layer_names).to(torch_device)
-    x = batch.to(torch_device)
+    layer_names = [layer.name for layer in session.layers] if layers else [session.layers[-1].name]
+    classifier = Classifier(session.preprocess, session.module, layer_names).to(torch_device)
+    x = session.pixels()
     with torch.no_grad():
         clean = torch.cat([classifier(x[i:i + 64]) for i in range(0, len(x), 64)]).cpu()
     targets, target_rule = _targets(boxes, canonical, card, clean)
@@ -179,8 +170,7 @@ def localize(
     kinds: dict[str, tuple[str, str | None]] = {}
     notes: list[str] = []
     if "cid" in methods:
-        report = analyze(model, images, layer_names, settings=settings, preprocessing=preprocessing, device=device,
-                         input_name=input_name, input_shape=input_shape, progress=progress)
+        report = analyze(session, layers=layer_names, settings=settings, cache=cache, ray=ray, progress=progress)
         for layer in layer_names:
             results = [r for r in report.results if r.layer == layer]
             maps[name_of("cid", layer)] = np.stack([r.sensitivity for r in results])
@@ -241,7 +231,7 @@ def localize(
 
     return Localization(
         tool_version=__version__, model_path=str(loaded.path), model_sha256=loaded.sha256, layers=tuple(layer_names),
-        settings=settings, preprocessing=preprocessing, device=str(torch_device), crosscheck=prepared.crosscheck,
+        settings=settings, preprocessing=session.preprocessing, device=str(torch_device), crosscheck=session.crosscheck,
         methods=scores, images=tuple(image_scores), protocol=protocol, verdict=verdict, controls_beaten=beaten,
         maps=maps, canonical_images=tuple(image.pixels for image in canonical),
         seconds=time.perf_counter() - start, notes=tuple(notes),
@@ -284,18 +274,12 @@ def _true_boxes(images: Sequence[CanonicalImage], path: Path) -> list[Box]:
     return truths
 
 
-def _layers_and_output(loaded: LoadedModel, card: dict, layers: Sequence[str] | None, input_name, input_shape):
-    """The chosen layers' names and the graph output that holds the class scores."""
-    normalised = normalise(loaded.proto, input_name, input_shape)
-    candidates = list_layers(normalised)
+def _layer_specs(card: dict, layers: Sequence[str] | None) -> list[str]:
+    """The layers to open: as given, else the deepest suggested layer, else `auto` (of which the deepest is used)."""
     if layers:
-        chosen = select_layers(candidates, layers)
-    elif card.get("suggested_layers"):
-        chosen = select_layers(candidates, card["suggested_layers"][-1:])
-    else:
-        chosen = select_layers(candidates, ["auto"])[-1:]
-    output = normalised.proto.graph.output[0].name
-    return [layer.name for layer in chosen], output
+        return list(layers)
+    suggested = card.get("suggested_layers")
+    return [suggested[-1]] if suggested else ["auto"]
 
 
 def _targets(path: Path, images: Sequence[CanonicalImage], card: dict, scores: torch.Tensor) -> tuple[list[int], str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import SCHEMA_VERSION, LayerResult, Report
+from .results import SCHEMA_VERSION, LayerResult, Report
 from .errors import InputError
 
 #: At most this many images are drawn per layer figure (all of them are in the JSON, CSV and maps).

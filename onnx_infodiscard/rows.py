@@ -1,0 +1,83 @@
+"""Rows: one (image, layer) σ optimisation each, the unit that is solved, cached and scaled out.
+
+A row's noise comes from its own generator (seeded by `--seed`, the image's content and the
+layer's name), so its answer does not depend on which other rows are solved with it: rows can be
+grouped, cached, resumed and sent to other machines without changing a number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .perturb import Distortion, SolverSettings, solve
+from .session import Session
+
+
+@dataclass(frozen=True, order=True)
+class Row:
+    """Which optimisation: image `image` (index into the session's images) at layer `layer`."""
+
+    layer: str
+    image: int
+
+
+@dataclass(frozen=True)
+class SolvedRow:
+    """One row's σ map at full input resolution and how well it met the budget."""
+
+    log_sigma: np.ndarray = field(repr=False)  # (H, W), log of canonical units
+    d_over_tau: float  # measured on fresh noise
+    standard_error: float  # relative, of d_over_tau
+    eval_samples: int
+    multiplier: float  # final λ
+    converged: bool
+    steps: int
+    seconds: float  # this row's share of its group's solve
+
+    ARRAYS = ("log_sigma",)
+
+    def scalars(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in self.ARRAYS}
+
+
+def all_rows(session: Session) -> list[Row]:
+    """Every (image, layer) of the session, layer-major, so that a group mostly runs one depth."""
+    return [Row(layer.name, i) for layer in session.layers for i in range(len(session.images))]
+
+
+def groups(rows: Sequence[Row], settings: SolverSettings) -> list[list[Row]]:
+    """Rows in groups of one device batch (`max_batch // samples` rows): the grain of progress,
+    caching, resuming and scale-out. Batching more rows together would not run faster."""
+    size = max(1, settings.max_batch // settings.samples)
+    return [list(rows[i:i + size]) for i in range(0, len(rows), size)]
+
+
+def solve_rows(session: Session, rows: Sequence[Row], settings: SolverSettings,
+               progress: Callable[[int], None] | None = None) -> list[SolvedRow]:
+    """Solve `rows` together on the session's device; `progress(steps)` after each step."""
+    layers = list(dict.fromkeys(row.layer for row in rows))
+    features = {name: session.pipeline(name) for name in layers}
+    distortion = Distortion(features, session.pixels(), [row.image for row in rows], [row.layer for row in rows],
+                            [image.name for image in session.images], settings.memory_format)
+    solution = solve(distortion, settings, progress)
+    share = solution.seconds / len(rows)
+    return [
+        SolvedRow(
+            log_sigma=solution.log_sigma[k], d_over_tau=float(solution.d_over_tau[k]),
+            standard_error=float(solution.standard_error[k]), eval_samples=int(solution.eval_samples[k]),
+            multiplier=float(solution.multiplier[k]), converged=bool(solution.converged[k]), steps=solution.steps,
+            seconds=share,
+        )
+        for k in range(len(rows))
+    ]
+
+
+def solve_groups(session: Session, todo: Iterable[list[Row]], settings: SolverSettings,
+                 done: Callable[[list[Row], list[SolvedRow]], None], progress: Callable[[int], None]) -> None:
+    """Solve group after group in this process, handing each finished group to `done` at once
+    (so a cache keeps it even if the run is interrupted later)."""
+    for group in todo:
+        done(group, solve_rows(session, group, settings, lambda steps, n=len(group): progress(steps * n)))

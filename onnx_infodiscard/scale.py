@@ -1,0 +1,97 @@
+"""Scale-out on Ray: row groups as tasks on actors that each hold one loaded, converted and
+cross-checked model (a `Session` rebuilt from its `PortableSession`), reused across their rows.
+
+Only imported with `ray=...` (extra `onnx-infodiscard[ray]`). `auto` finds a running cluster
+(`RAY_ADDRESS`, or the latest `ray start` on this machine) or starts a local one; any other
+value is a cluster address. A worker that dies is restarted by Ray and its group retried; if
+retries run out the run fails with an error naming the rows, never with a partial report.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from .errors import InfodiscardError, InputError
+from .perturb import SolverSettings
+from .rows import Row, SolvedRow, solve_rows
+from .session import Session
+
+#: How often Ray restarts a dead worker and retries its group before the run fails.
+RETRIES = 3
+
+
+class RowWorker:
+    """One Ray actor: opens the session once, then solves the groups it is given."""
+
+    def __init__(self, portable: list, device: str, threads: int) -> None:
+        import ray
+        import torch
+
+        torch.set_num_threads(threads)  # this worker process's own pool: one per CPU Ray gave it
+        # The session comes as a reference inside a list, fetched here: Ray then does not hold it
+        # as a constructor argument, which a restarted actor could find gone.
+        self.session = ray.get(portable[0]).open(device)
+
+    def solve(self, rows: Sequence[Row], settings: SolverSettings) -> list[SolvedRow]:
+        return solve_rows(self.session, rows, settings)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def connect(address: str):
+    """Ray, connected: to the cluster at `address`, or for `auto` a running one or a new local one."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("Ray is not installed; pip install 'onnx-infodiscard[ray]'", option="ray") from None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=None if address == "auto" else address, include_dashboard=False, log_to_driver=False,
+                     logging_level="warning", configure_logging=True)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            raise InputError(f"cannot reach a Ray cluster at {address!r} ({err}); start one with `ray start --head` "
+                             "or use auto", option="ray") from None
+    return ray
+
+
+def workers(ray, portable: list, session: Session, count: int) -> list:
+    """`count` actors, one GPU each when the run is on CUDA and the cluster has GPUs, else one CPU."""
+    gpu = session.device.type == "cuda" and ray.cluster_resources().get("GPU", 0) >= 1
+    actor = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=RETRIES, max_task_retries=RETRIES)(RowWorker)
+    return [actor.remote(portable, "cuda" if gpu else "cpu", 1) for _ in range(count)]
+
+
+def solve_groups_on_ray(session: Session, todo: Sequence[list[Row]], settings: SolverSettings, address: str,
+                        done: Callable[[list[Row], list[SolvedRow]], None], progress: Callable[[int], None]) -> None:
+    """Spread `todo` over Ray workers; `done(group, results)` as each group returns, in any order."""
+    ray = connect(address)
+    capacity = int(ray.cluster_resources().get("GPU" if session.device.type == "cuda" else "CPU", 1)) or 1
+    portable = ray.put(session.portable())  # held here until the run ends, for restarted workers too
+    pool = workers(ray, [portable], session, min(capacity, len(todo)))
+    settings_ref = ray.put(settings)
+    queue = list(todo)
+    running = {}
+    for worker in pool:
+        if queue:
+            group = queue.pop(0)
+            running[worker.solve.remote(group, settings_ref)] = (worker, group)
+    try:
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            worker, group = running.pop(ready[0])
+            try:
+                results = ray.get(ready[0])
+            except ray.exceptions.RayError as err:
+                names = ", ".join(f"{row.layer}@image{row.image}" for row in group[:3])
+                raise InfodiscardError(f"a Ray worker failed {RETRIES + 1} times on rows {names}...: "
+                                       f"{type(err).__name__}; nothing was reported, rerun to resume from the cache")
+            done(group, results)
+            progress(len(group) * settings.steps)
+            if queue:
+                group = queue.pop(0)
+                running[worker.solve.remote(group, settings_ref)] = (worker, group)
+    finally:
+        for worker in pool:
+            ray.kill(worker)

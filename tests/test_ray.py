@@ -1,0 +1,94 @@
+"""Scale-out on a real local Ray cluster: the same numbers as a local run, a killed worker
+survived, and a separate `ray start --head` cluster reached by address (all on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ray  # the [ray] extra; the test extra installs it, so these always run
+
+from onnx_infodiscard import SolverSettings, analyze, open_session
+from onnx_infodiscard.embedded import DEFAULT_MODEL, MODELS
+
+IMAGES = sorted((MODELS / "digits_cnn" / "images").glob("digit_0[0-5]*.png"))
+LAYERS = ["/relu1/Relu_output_0", "/relu2/Relu_output_0"]
+QUICK = SolverSettings(steps=4, samples=8, max_batch=16, eval_samples=16, max_eval_samples=64)
+
+
+@pytest.fixture(scope="module")
+def session():
+    return open_session(DEFAULT_MODEL, IMAGES, LAYERS, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def local(session):
+    return analyze(session, settings=QUICK)
+
+
+@pytest.fixture
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def same_results(a, b) -> None:
+    assert [(r.image, r.layer) for r in a.results] == [(r.image, r.layer) for r in b.results]
+    np.testing.assert_allclose(np.stack([r.entropy for r in a.results]), np.stack([r.entropy for r in b.results]),
+                               atol=1e-5)
+    np.testing.assert_allclose([r.cid for r in a.results], [r.cid for r in b.results], atol=1e-6)
+
+
+def test_ray_run_equals_the_local_run(session, local, cluster):
+    same_results(analyze(session, settings=QUICK, ray="auto"), local)
+
+
+def test_a_worker_killed_mid_run_is_survived(session, local, cluster):
+    killed = []
+
+    def kill_one_worker(stage, advance, total):
+        if advance and not killed:  # after the first group came back, while others run
+            pids = subprocess.run(["pgrep", "-f", "ray::RowWorker"], capture_output=True, text=True).stdout.split()
+            if pids:
+                os.kill(int(pids[0]), signal.SIGKILL)
+                killed.append(pids[0])
+
+    report = analyze(session, settings=QUICK, ray="auto", progress=kill_one_worker)
+    assert killed, "no Ray worker process was found to kill"
+    same_results(report, local)
+
+
+def test_a_cluster_started_with_ray_start_is_reached_by_address(session, local):
+    """`ray start --head --block` in its own process on 127.0.0.1; ending that process stops only
+    this cluster (never `ray stop`, which would stop every Ray instance on the machine)."""
+    command = str(Path(sys.executable).parent / "ray")  # installed with the [ray] extra
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    with socket.socket() as probe:  # a free loopback port for the head's GCS
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    head = subprocess.Popen([command, "start", "--head", "--block", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = []
+        for line in head.stdout:  # until the head says it runs (or exits)
+            seen.append(line)
+            if "Ray runtime started" in line:
+                break
+        assert any("Local node IP" in line and "127.0.0.1" in line for line in seen), "".join(seen)[-2000:]
+        same_results(analyze(session, settings=QUICK, ray=f"127.0.0.1:{port}"), local)
+    finally:
+        ray.shutdown()
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)

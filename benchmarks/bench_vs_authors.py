@@ -12,8 +12,8 @@ cross-check: untimed, shared by both methods), then times, on the same images an
     and upsampled by nearest neighbour to the input size, 8 noise samples per step, plain SGD with
     lr 1e-4 on σ itself, a fixed λ = 5, 100 steps. See `authors_loop` for our reading of their
     (unreleased) noise layer.
-(b) this project's analysis with its defaults: one `Distortion` over every (image, layer) row and
-    one `solve` call, exactly as `onnx_infodiscard.analysis.analyze` does it.
+(b) this project's solver with its defaults: one `Distortion` over every (image, layer) row and
+    one `solve` call, on the same `Session` (`onnx_infodiscard.session.open_session`) as `analyze`.
 
 Both use the same feature function h_l(P(x)) (the converted ONNX graph cut after the layer, with
 the model's preprocessing P inside), noise in the canonical [0, 1] input space, and the
@@ -45,12 +45,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from onnx_infodiscard.check import prepare
 from onnx_infodiscard.errors import InfodiscardError
-from onnx_infodiscard.images import find_images, load_images
+from onnx_infodiscard.images import CanonicalImage, find_images, load_images
 from onnx_infodiscard.metrics import HALF_LOG_2PIE
-from onnx_infodiscard.perturb import MEMORY_FORMATS, PRECISIONS, Distortion, Pipeline, SolverSettings, resolve_device, solve
-from onnx_infodiscard.preprocess import PRESETS, Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
+from onnx_infodiscard.perturb import MEMORY_FORMATS, PRECISIONS, Distortion, SolverSettings, resolve_device, solve
+from onnx_infodiscard.preprocess import PRESETS, Preprocessing, canonical_shape, read_card, resolve_preprocessing
+from onnx_infodiscard.session import open_session
 
 REPO = Path(__file__).resolve().parent.parent
 DIGITS = REPO / "models" / "digits_cnn" / "digits_cnn.onnx"
@@ -175,7 +175,8 @@ def measure_fixed(feature, image, reference, scale, log_sigma, tau, samples, gen
 
 
 def run_ours(case, features, settings: SolverSettings, device, stages: bool = True):
-    """This project's analysis exactly as `analyze` calls it: all rows in one Distortion, one solve.
+    """This project's solver on every row at once: one Distortion, one solve (`analyze` solves the
+    same rows in groups of one device batch; with row-local noise a row's numbers are the same).
 
     Returns (solution, seconds, phases): `phases` splits the time by the solver's stages where
     they can be found (see `PhaseTimer`); it is informational and does not change the run.
@@ -345,15 +346,14 @@ def benchmark(case: Case, device: torch.device, args) -> tuple[str, bool]:
     print(f"\n=== {case.name}: {len(case.images)} image(s) {tuple(case.images.shape[1:])}, {len(case.layers)} layers, device {device}")
     for note in case.notes:
         print(f"    {note}")
-    start = time.perf_counter()
-    preprocess = Preprocess(case.preprocessing, case.images.shape[1])
-    with torch.no_grad():
-        probe = preprocess(case.images[:1]).numpy()
-    prepared = prepare(case.path, case.layers, probe=probe, prefer_cuda=device.type == "cuda")
-    features = {name: Pipeline(preprocess, prepared.module.only(name), name).to(device) for name in case.layers}
-    print(f"    prepared in {time.perf_counter() - start:.1f} s (untimed); cross-check: {prepared.crosscheck.provider}, "
-          f"passed={prepared.crosscheck.passed}; batch_safe={prepared.conversion.batch_safe}")
-    for layer in prepared.layers:
+    canonical = [CanonicalImage(name, pixels.numpy(), tuple(pixels.shape[1:]))
+                 for name, pixels in zip(case.image_names, case.images)]
+    session = open_session(case.path, layers=case.layers, preprocessing=case.preprocessing, device=str(device),
+                           canonical=canonical)
+    features = {name: session.pipeline(name) for name in case.layers}
+    print(f"    prepared in {session.seconds:.1f} s (untimed); cross-check: {session.crosscheck.provider}, "
+          f"passed={session.crosscheck.passed}; batch_safe={session.conversion.batch_safe}")
+    for layer in session.layers:
         print(f"    layer {layer.index:4d} {layer.name}  {layer.op_type} {layer.shape}")
 
     authors = AuthorsSettings(steps=args.steps or AuthorsSettings.steps)

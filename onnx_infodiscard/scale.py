@@ -9,7 +9,6 @@ retries run out the run fails with an error naming the rows, never with a partia
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 from .errors import InfodiscardError, InputError
@@ -22,22 +21,24 @@ RETRIES = 3
 
 
 class RowWorker:
-    """One Ray actor: opens the session once, then solves the groups it is given."""
+    """One Ray actor: opens the session on its first group, then reuses it for every later one."""
 
-    def __init__(self, portable: list, device: str, threads: int) -> None:
-        import ray
+    def __init__(self, device: str, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)  # this worker process's own pool: one per CPU Ray gave it
-        # The session comes as a reference inside a list, fetched here: Ray then does not hold it
-        # as a constructor argument, which a restarted actor could find gone.
-        self.session = ray.get(portable[0]).open(device)
+        self.device = device
+        self.session: Session | None = None
 
-    def solve(self, rows: Sequence[Row], settings: SolverSettings) -> list[SolvedRow]:
+    def solve(self, portable: list, rows: Sequence[Row], settings: SolverSettings) -> list[SolvedRow]:
+        """`portable`: [a reference to the PortableSession], fetched only when this worker (or its
+        restarted successor) has no session yet; the actor's constructor holds no object, so Ray
+        can always restart it."""
+        if self.session is None:
+            import ray
+
+            self.session = ray.get(portable[0]).open(self.device)
         return solve_rows(self.session, rows, settings)
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 def connect(address: str):
@@ -56,11 +57,11 @@ def connect(address: str):
     return ray
 
 
-def workers(ray, portable: list, session: Session, count: int) -> list:
+def workers(ray, session: Session, count: int) -> list:
     """`count` actors, one GPU each when the run is on CUDA and the cluster has GPUs, else one CPU."""
     gpu = session.device.type == "cuda" and ray.cluster_resources().get("GPU", 0) >= 1
     actor = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=RETRIES, max_task_retries=RETRIES)(RowWorker)
-    return [actor.remote(portable, "cuda" if gpu else "cpu", 1) for _ in range(count)]
+    return [actor.remote("cuda" if gpu else "cpu", 1) for _ in range(count)]
 
 
 def solve_groups_on_ray(session: Session, todo: Sequence[list[Row]], settings: SolverSettings, address: str,
@@ -68,15 +69,15 @@ def solve_groups_on_ray(session: Session, todo: Sequence[list[Row]], settings: S
     """Spread `todo` over Ray workers; `done(group, results)` as each group returns, in any order."""
     ray = connect(address)
     capacity = int(ray.cluster_resources().get("GPU" if session.device.type == "cuda" else "CPU", 1)) or 1
-    portable = ray.put(session.portable())  # held here until the run ends, for restarted workers too
-    pool = workers(ray, [portable], session, min(capacity, len(todo)))
+    portable = [ray.put(session.portable())]  # shipped once, held here until the run ends
+    pool = workers(ray, session, min(capacity, len(todo)))
     settings_ref = ray.put(settings)
     queue = list(todo)
     running = {}
     for worker in pool:
         if queue:
             group = queue.pop(0)
-            running[worker.solve.remote(group, settings_ref)] = (worker, group)
+            running[worker.solve.remote(portable, group, settings_ref)] = (worker, group)
     try:
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
@@ -91,7 +92,7 @@ def solve_groups_on_ray(session: Session, todo: Sequence[list[Row]], settings: S
             progress(len(group) * settings.steps)
             if queue:
                 group = queue.pop(0)
-                running[worker.solve.remote(group, settings_ref)] = (worker, group)
+                running[worker.solve.remote(portable, group, settings_ref)] = (worker, group)
     finally:
         for worker in pool:
             ray.kill(worker)

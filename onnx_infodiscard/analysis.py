@@ -13,6 +13,7 @@ import torch
 from . import metrics
 from .check import prepare
 from .crosscheck import CrossCheck
+from .card import ModelCard
 from .embedded import card_images, default_model
 from .errors import InputError
 from .images import (
@@ -23,7 +24,7 @@ from .load import load_model
 from .normalise import image_input, _dims
 from .perturb import RECONSTRUCTION_FLOOR, Distortion, Pipeline, SolverSettings, resolve_device, solve
 from .ru import DecoderConfig, trained_decoder
-from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
+from .preprocess import Preprocess, Preprocessing, canonical_shape, resolve_preprocessing
 
 SCHEMA_VERSION = 1
 
@@ -232,7 +233,7 @@ def analyze(
     settings = settings.on(torch_device)
     model = Path(model) if model is not None else default_model()
     loaded = load_model(model)
-    card = read_card(model, loaded.proto)
+    card = ModelCard.for_model(model, loaded.proto)
     if not images:
         images = card_images(model, card)
     if input_name is None and card.get("input"):
@@ -246,7 +247,7 @@ def analyze(
     c, h, w = canonical_shape(shape, preprocessing.layout)
     canonical = load_images(find_images(images), (c, h, w))
     if foreground is None and card.get("foreground_boxes") and _same_folder(images, card, Path(model)):
-        foreground = Foreground(boxes_csv=Path(model).parent / card["foreground_boxes"])
+        foreground = Foreground(boxes_csv=card.image_folder(model, "foreground_boxes"))
     masks = foreground.masks(canonical) if foreground else [None] * len(canonical)
 
     preprocess = Preprocess(preprocessing, c)
@@ -359,12 +360,12 @@ def model_input_shape(proto, input_name, input_shape) -> tuple[int, ...]:
     return (1, *dims[1:])
 
 
-def _same_folder(images: Sequence[str | Path], card: dict, model: Path) -> bool:
+def _same_folder(images: Sequence[str | Path], card: ModelCard, model: Path) -> bool:
     """The card's boxes apply when the images are the card's own image folder."""
     folder = card.get("images")
     if not folder:
         return False
-    own = (model.parent / folder).resolve()
+    own = card.image_folder(model, "images").resolve()
     return all(Path(i).resolve() == own or Path(i).resolve().parent == own for i in images)
 
 

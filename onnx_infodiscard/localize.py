@@ -18,6 +18,7 @@ from .analysis import analyze, model_input_shape
 from .attribution import CONTROLS, IG_STEPS, MODEL_METHODS, Classifier, control_map, model_map
 from .check import prepare
 from .crosscheck import CrossCheck
+from .card import ModelCard
 from .embedded import BENCHMARK_MODEL, card_images
 from .errors import InputError, close_matches
 from .images import CanonicalImage, box_mask, find_images, load_images, read_boxes
@@ -26,7 +27,7 @@ from .load import LoadedModel, load_model
 from .normalise import normalise
 from .localization import DEFAULT_FRACTION, Box, box_from_map, deletion_curve, iou, pointing_hit
 from .perturb import SolverSettings, resolve_device
-from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
+from .preprocess import Preprocess, Preprocessing, canonical_shape, resolve_preprocessing
 
 SCHEMA_VERSION = 1
 #: The threshold sweep reported beside the fixed rule (chosen on the same images: optimistic).
@@ -149,7 +150,7 @@ def localize(
     torch_device = resolve_device(device)
     model = Path(model) if model is not None else _benchmark_model()
     loaded = load_model(model)
-    card = read_card(model, loaded.proto)
+    card = ModelCard.for_model(model, loaded.proto)
     images = list(images) if images else card_images(model, card)
     boxes = Path(boxes) if boxes is not None else _card_boxes(model, card)
     input_name = input_name or card.get("input")
@@ -267,7 +268,7 @@ def _card_boxes(model: Path, card: dict) -> Path:
     if not card.get("foreground_boxes"):
         raise InputError(f"no --boxes given and the card of {model.name} names none; "
                          "give a CSV with columns file,x0,y0,x1,y1")
-    return model.parent / card["foreground_boxes"]
+    return card.image_folder(model, "foreground_boxes")
 
 
 def _true_boxes(images: Sequence[CanonicalImage], path: Path) -> list[Box]:

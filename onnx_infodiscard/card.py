@@ -161,7 +161,8 @@ class ModelCard:
         initializers = {init.name for init in model.graph.initializer}
         inputs = [i.name for i in model.graph.input if i.name not in initializers]
         if self.input is not None and self.input not in inputs:
-            raise InputError(f"card input '{self.input}' is not an input of the graph{close_matches(self.input, inputs)}")
+            raise InputError(f"card input '{self.input}' is not an input of the graph"
+                             f"{close_matches(self.input, inputs)}")
         outputs = {name for node in model.graph.node for name in node.output if name}
         for name in self.suggested_layers or ():
             pattern = name == "auto" or name.lstrip("-").isdigit() or any(c in name for c in "*?[")

@@ -85,7 +85,8 @@ def load_image(path: Path, shape: tuple[int, int, int]) -> CanonicalImage:
         pixels = _resize_array(array, height, width)
     else:
         if channels not in MODES:
-            raise InputError(f"the model takes {channels} channels; image files give 1, 3 or 4 — pass .npy arrays instead")
+            raise InputError(f"the model takes {channels} channels; image files give 1, 3 or 4 — pass .npy arrays "
+                             "instead")
         pixels, original = _read_image(path, channels, height, width)
     return CanonicalImage(path.name, np.ascontiguousarray(pixels, dtype=np.float32), tuple(original))
 
@@ -105,7 +106,8 @@ def _read_image(path: Path, channels: int, height: int, width: int) -> tuple[np.
     except Image.DecompressionBombError as err:
         raise InputError(f"{path}: too large to decode safely ({err}); downscale the image") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot read it as an image ({type(err).__name__}); give a PNG, JPEG, BMP or TIFF") from None
+        raise InputError(f"{path}: cannot read it as an image ({type(err).__name__}); give a PNG, JPEG, BMP or "
+                         "TIFF") from None
     array = np.asarray(converted, dtype=np.float32) / 255.0
     return (array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), original
 
@@ -145,14 +147,15 @@ def _read_npy(path: Path, channels: int) -> np.ndarray:
         raise InputError(f"{path}: not a readable .npy array ({err})") from None
     if not isinstance(array, np.ndarray):
         raise InputError(f"{path}: holds several arrays (an .npz archive); save one array with numpy.save")
+    given = array.shape
     if array.ndim == 2:
         array = array[None]
     elif array.ndim == 3 and array.shape[0] not in (1, 3, 4) and array.shape[-1] in (1, 3, 4):
         array = array.transpose(2, 0, 1)  # H×W×C
     elif array.ndim != 3:
-        raise InputError(f"{path}: array of shape {array.shape}; give H×W, C×H×W or H×W×C")
+        raise InputError(f"{path}: array of shape {given}; give H×W, C×H×W or H×W×C")
     if array.size == 0:
-        raise InputError(f"{path}: array of shape {array.shape} has no pixels")
+        raise InputError(f"{path}: array of shape {given} has no pixels")
     if array.shape[0] != channels:
         raise InputError(f"{path}: has {array.shape[0]} channels but the model takes {channels}; convert the array")
     return _unit_values(path, array)
@@ -168,7 +171,8 @@ def _unit_values(path: Path, array: np.ndarray) -> np.ndarray:
     if kind in "ui":
         scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(array.dtype)
         if scale is None:
-            raise InputError(f"{path}: {array.dtype} values; give uint8 (0..255), uint16 (0..65535) or floats in [0, 1]")
+            raise InputError(f"{path}: {array.dtype} values; give uint8 (0..255), uint16 (0..65535) or floats in "
+                             "[0, 1]")
         return array.astype(np.float32) / scale
     if kind != "f":
         raise InputError(f"{path}: dtype {array.dtype} is not numeric; give uint8, uint16 or float values")
@@ -228,7 +232,8 @@ def read_boxes(path: Path) -> dict[str, tuple[int, int, int, int]]:
         row = {k.strip(): v for k, v in row.items() if k}
         name = (row.get("file") or "").strip()
         if name in first_line:
-            raise InputError(f"{path}: {name!r} has two boxes, on lines {first_line[name]} and {line}; keep one row per file")
+            raise InputError(f"{path}: {name!r} has two boxes, on lines {first_line[name]} and {line}; keep one row "
+                             "per file")
         try:
             boxes[name] = tuple(_pixel(row[c]) for c in needed[1:])
         except (TypeError, ValueError):
@@ -252,7 +257,8 @@ def box_mask(box: tuple[int, int, int, int], image: CanonicalImage) -> np.ndarra
     xs = (np.arange(out_w) + 0.5) * width / out_w
     mask = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
     if not mask.any():  # a box smaller than one model pixel still covers the pixel it sits in
-        mask[min(int((y0 + y1) / 2 * out_h / height), out_h - 1), min(int((x0 + x1) / 2 * out_w / width), out_w - 1)] = True
+        row = min(int((y0 + y1) / 2 * out_h / height), out_h - 1)
+        mask[row, min(int((x0 + x1) / 2 * out_w / width), out_w - 1)] = True
     return mask
 
 

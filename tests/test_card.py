@@ -15,7 +15,15 @@ import onnx
 import pytest
 
 from onnx_infodiscard.card import (
-    ModelCard, default_copy, effective_card, embedded_card, parse_assignment, sidecar_path, updated, validate, with_card,
+    ModelCard,
+    default_copy,
+    effective_card,
+    embedded_card,
+    parse_assignment,
+    sidecar_path,
+    updated,
+    validate,
+    with_card,
     write_card,
 )
 from onnx_infodiscard.errors import InputError

@@ -363,3 +363,28 @@ def test_with_updates_validates_and_keeps_the_original():
     with pytest.raises(InputError, match="card field 'input' must be a non-empty string"):
         card.with_updates(["input=[1]"])
     assert ModelCard().to_json() == {} and ModelCard().is_empty()
+
+
+def test_any_json_is_a_card_or_one_input_error():
+    """Property: whatever JSON a card holds, reading it gives a ModelCard that writes back equal, or
+    an InputError of one line — never another exception."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats() | st.text(max_size=8)
+    keys = st.sampled_from(["input", "layout", "preprocessing", "scale", "mean", "std", "bgr", "preset",
+                            "classes", "suggested_layers", "images", "test_accuracy", "n_test", "note", "x"])
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
+                          max_leaves=6)
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(st.dictionaries(keys, values, max_size=5) | values)
+    def check(data):
+        try:
+            card = ModelCard.from_json(data)
+        except InputError as err:
+            assert "\n" not in str(err)
+            return
+        assert ModelCard.from_json(card.to_json()) == card
+
+    check()

@@ -184,11 +184,10 @@ def _plain(value: object) -> object:
 
 def confinement_root(folder: Path) -> Path:
     """The folder a card's paths must stay in: its own, or the shipped models' root for them."""
-    from .embedded import shipped_models_root
+    from .embedded import shipped_models_roots
 
     real = Path(os.path.realpath(folder))
-    shipped = shipped_models_root()
-    return shipped if shipped is not None and real.is_relative_to(shipped) else real
+    return next((root for root in shipped_models_roots() if real.is_relative_to(root)), real)
 
 
 # --- the two places a card lives ---------------------------------------------------------------

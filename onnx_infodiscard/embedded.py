@@ -17,14 +17,24 @@ from .errors import InputError
 PACKAGE = "onnx_infodiscard_models"
 
 
-def shipped_models_root() -> Path | None:
-    """The folder holding the shipped models (real path), or None when it is not there."""
+def shipped_models_roots() -> list[Path]:
+    """Folders holding the shipped models (real paths): the installed package, then the source
+    checkout's `models/` when this module runs from one."""
+    roots = []
     if importlib.util.find_spec(PACKAGE) is not None:
         root = resources.files(PACKAGE)
         if isinstance(root, Path) and root.is_dir():
-            return Path(os.path.realpath(root))
+            roots.append(Path(os.path.realpath(root)))
     checkout = Path(__file__).resolve().parent.parent / "models"
-    return checkout if checkout.is_dir() else None
+    if (checkout / "__init__.py").is_file() and (checkout / "digits_cnn").is_dir() and checkout not in roots:
+        roots.append(checkout)
+    return roots
+
+
+def shipped_models_root() -> Path | None:
+    """The folder the embedded defaults are read from, or None when it is not there."""
+    roots = shipped_models_roots()
+    return roots[0] if roots else None
 
 
 def _shipped(folder: str) -> Path:

@@ -388,3 +388,18 @@ def test_any_json_is_a_card_or_one_input_error():
         assert ModelCard.from_json(card.to_json()) == card
 
     check()
+
+
+def test_analyze_through_a_symlink_uses_the_card_beside_the_real_file(tmp_path):
+    """The issue's case: the model given through a link used to run with raw 0..1 preprocessing."""
+    from onnx_infodiscard.analysis import analyze
+    from onnx_infodiscard.perturb import SolverSettings
+
+    real = _model_with_sidecar(tmp_path / "real", {"input": "image", "suggested_layers": ["relu_2"],
+                                                   "preprocessing": {"mean": [0.1307], "std": [0.3081]}})
+    link = tmp_path / "link.onnx"
+    link.symlink_to(real)
+    image = sorted((MODELS / "digits_cnn" / "images").glob("*.png"))[0]
+    report = analyze(link, [image], settings=SolverSettings(steps=2, samples=2), device="cpu")
+    assert report.preprocessing.source == "model card" and report.preprocessing.mean == (0.1307,)
+    assert [layer.name for layer in report.layers] == ["relu_2"]

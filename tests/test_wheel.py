@@ -90,3 +90,27 @@ def test_an_installed_wheel_analyzes_with_no_arguments(wheel, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["crosscheck"]["passed"] and len(report["results"]) == 20 * 4
     assert (out / "report.html").is_file()
+
+
+def test_package_data_covers_every_file_a_shipped_card_names():
+    """A new shipped model whose card names file kinds the wheel leaves out fails here, without a build."""
+    import fnmatch
+
+    import onnx
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    from onnx_infodiscard.card import ModelCard
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = config["package-data"]["onnx_infodiscard_models"]
+    models = ROOT / config["package-dir"]["onnx_infodiscard_models"]
+
+    for path in sorted(models.glob("*/*.onnx")):
+        card = ModelCard.for_model(path, onnx.load(str(path), load_external_data=False))
+        named = [card.image_folder(path, key) for key in ("images", "train_images", "foreground_boxes")
+                 if getattr(card, key) is not None]
+        files = [path, path.with_name(path.name + ".json")]
+        files += [f for target in named for f in ([target] if target.is_file() else target.iterdir())]
+        for file in files:
+            relative = file.resolve().relative_to(models.resolve()).as_posix()
+            assert any(fnmatch.fnmatchcase(relative, p) for p in patterns), f"{relative} is not package data"

@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 
@@ -173,9 +173,6 @@ class ModelCard:
     def embedded_in(self, model: onnx.ModelProto) -> onnx.ModelProto:
         """A copy of `model` whose metadata entry holds this card (other entries kept)."""
         return with_card(model, self.to_json())
-
-    def with_origin(self, **origin) -> ModelCard:
-        return replace(self, **origin)
 
 
 def _plain(value: object) -> object:

@@ -1,8 +1,8 @@
-# The two set-up commands of the README. Each creates .venv on first use.
+# The two set-up commands of the README, and the checks CI runs. Each creates .venv on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test
+.PHONY: demo test lint wheel
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,3 +15,10 @@ demo: $(VENV)/.installed  ## analyse the shipped digits model on its shipped ima
 
 test: $(VENV)/.installed  ## run the test suite
 	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed  ## ruff lint and format check (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+wheel: $(VENV)/.installed  ## build the wheel (models included as package data) into dist/
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .

@@ -119,10 +119,10 @@ def _card_foreground(session: Session, images: Sequence[str | Path] | None) -> F
     card, model = session.card, session.loaded.path
     if not card.get("foreground_boxes") or not card.get("images"):
         return None
-    own = (model.parent / card["images"]).resolve()
+    own = card.image_folder(model, "images").resolve()
     given = images or [own]
     if all(Path(i).resolve() == own or Path(i).resolve().parent == own for i in given):
-        return Foreground(boxes_csv=model.parent / card["foreground_boxes"])
+        return Foreground(boxes_csv=card.image_folder(model, "foreground_boxes"))
     return None
 
 

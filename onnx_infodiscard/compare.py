@@ -160,15 +160,15 @@ def display_names(paths: Sequence[Path]) -> list[str]:
 
 
 def _shared_card_images(paths: Sequence[Path]) -> list[Path]:
+    from .card import ModelCard
     from .load import load_model
-    from .preprocess import read_card
 
     folders = set()
     for path in paths:
-        card = read_card(path, load_model(path).proto)
+        card = ModelCard.for_model(path, load_model(path).proto)
         if not card.get("images"):
             raise InputError(f"no --images given and the card of {path.name} names none; give --images DIR")
-        folders.add((path.parent / card["images"]).resolve())
+        folders.add(card.image_folder(path, "images").resolve())
     if len(folders) > 1:
         raise InputError("no --images given and the models' cards name different image folders; "
                          "give --images DIR so that every model sees the same images")

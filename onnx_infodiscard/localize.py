@@ -16,6 +16,7 @@ import torch
 
 from .analysis import analyze
 from .attribution import CONTROLS, IG_STEPS, MODEL_METHODS, Classifier, control_map, model_map
+from .card import ModelCard
 from .crosscheck import CrossCheck
 from .embedded import BENCHMARK_MODEL
 from .errors import InputError, close_matches
@@ -23,7 +24,7 @@ from .images import CanonicalImage, box_mask, read_boxes
 from .load import load_model
 from .localization import DEFAULT_FRACTION, Box, box_from_map, deletion_curve, iou, pointing_hit
 from .perturb import SolverSettings
-from .preprocess import Preprocessing, read_card
+from .preprocess import Preprocessing
 from .rowcache import RowCache
 from .session import open_session
 
@@ -149,7 +150,7 @@ def localize(
     report_progress = progress or (lambda stage, advance, total: None)
     model = Path(model) if model is not None else _benchmark_model()
     loaded = load_model(model)
-    card = read_card(model, loaded.proto)
+    card = ModelCard.for_model(model, loaded.proto)
     boxes = Path(boxes) if boxes is not None else _card_boxes(model, card)
     session = open_session(model, images, _layer_specs(card, layers), outputs=True,
                            preprocessing_overrides=preprocessing_overrides, input_name=input_name,
@@ -253,11 +254,11 @@ def _benchmark_model() -> Path:
     return BENCHMARK_MODEL
 
 
-def _card_boxes(model: Path, card: dict) -> Path:
+def _card_boxes(model: Path, card: ModelCard) -> Path:
     if not card.get("foreground_boxes"):
         raise InputError(f"no --boxes given and the card of {model.name} names none; "
                          "give a CSV with columns file,x0,y0,x1,y1")
-    return model.parent / card["foreground_boxes"]
+    return card.image_folder(model, "foreground_boxes")
 
 
 def _true_boxes(images: Sequence[CanonicalImage], path: Path) -> list[Box]:
@@ -274,7 +275,7 @@ def _true_boxes(images: Sequence[CanonicalImage], path: Path) -> list[Box]:
     return truths
 
 
-def _layer_specs(card: dict, layers: Sequence[str] | None) -> list[str]:
+def _layer_specs(card: ModelCard, layers: Sequence[str] | None) -> list[str]:
     """The layers to open: as given, else the deepest suggested layer, else `auto` (of which the deepest is used)."""
     if layers:
         return list(layers)
@@ -282,7 +283,7 @@ def _layer_specs(card: dict, layers: Sequence[str] | None) -> list[str]:
     return [suggested[-1]] if suggested else ["auto"]
 
 
-def _targets(path: Path, images: Sequence[CanonicalImage], card: dict, scores: torch.Tensor) -> tuple[list[int], str]:
+def _targets(path: Path, images: Sequence[CanonicalImage], card: ModelCard, scores: torch.Tensor) -> tuple[list[int], str]:
     """The class to explain per image: the CSV's `label` column (index or class name), else the prediction."""
     with open(path, newline="") as handle:
         rows = {row["file"].strip(): row for row in csv.DictReader(handle) if row.get("file")}

@@ -6,7 +6,7 @@ Every analysis works on the canonical image: float32, C×H×W, values in [0, 1].
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -15,10 +15,11 @@ import onnx
 import torch
 from torch import nn
 
-from .errors import InputError
+from .card import CARD_SUFFIX, METADATA_KEY, ModelCard
+from .errors import InputError, close_matches
 
-CARD_SUFFIX = ".json"  # the card of MODEL.onnx is MODEL.onnx.json
-METADATA_KEY = "infodiscard.card"
+__all__ = ["CARD_SUFFIX", "METADATA_KEY", "PRESETS", "Preprocess", "Preprocessing", "canonical_shape",
+           "guess_layout", "read_card", "resolve_preprocessing"]
 
 Layout = Literal["nchw", "nhwc"]
 
@@ -55,7 +56,7 @@ class Preprocess(nn.Module):
         mean = _per_channel(spec.mean, channels, "mean")
         std = _per_channel(spec.std, channels, "std")
         if any(s == 0 for s in std):
-            raise InputError("--std has a zero; every channel's std must be non-zero")
+            raise InputError("has a zero; every channel's std must be non-zero", option="std")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1))
 
@@ -70,7 +71,8 @@ def _per_channel(values: tuple[float, ...], channels: int, name: str) -> list[fl
     if len(values) == 1:
         return list(values) * channels
     if len(values) != channels:
-        raise InputError(f"--{name} has {len(values)} values but the model takes {channels} channels; give 1 or {channels}")
+        raise InputError(f"{len(values)} values but the model takes {channels} channels; give 1 or {channels}",
+                         option=name)
     return list(values)
 
 
@@ -87,24 +89,12 @@ def canonical_shape(input_shape: tuple[int, ...], layout: Layout) -> tuple[int, 
 
 
 def read_card(model_path: Path, model: onnx.ModelProto) -> dict:
-    """The model card: `MODEL.onnx.json` beside the model, else the ONNX metadata_props entry."""
-    sidecar = model_path.with_name(model_path.name + CARD_SUFFIX)
-    if sidecar.is_file():
-        try:
-            return json.loads(sidecar.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InputError(f"{sidecar}: not valid JSON ({err}); fix or remove the model card") from None
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            try:
-                return json.loads(prop.value)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{model_path}: metadata '{METADATA_KEY}' is not valid JSON ({err})") from None
-    return {}
+    """The validated model card as JSON (see `ModelCard.for_model`, which also keeps its origin)."""
+    return ModelCard.for_model(model_path, model).to_json()
 
 
 def resolve_preprocessing(
-    card: dict,
+    card: ModelCard | dict,
     input_shape: tuple[int, ...],
     preset: str | None = None,
     scale: float | None = None,
@@ -113,47 +103,56 @@ def resolve_preprocessing(
     layout: Layout | None = None,
     bgr: bool | None = None,
 ) -> Preprocessing:
-    """Card, then preset, then explicit flags: each later source overrides the earlier."""
+    """Card (its preset, then its fields), then preset, then explicit flags: each later source
+    overrides the earlier."""
+    card = card if isinstance(card, ModelCard) else ModelCard.from_json(card or {})
     spec = Preprocessing(layout=guess_layout(input_shape), source="default (raw 0..1)")
     sources = []
-    if card:
-        fields = dict(card.get("preprocessing", {}))
-        if "layout" in card:
-            fields["layout"] = card["layout"]
-        spec = _with_fields(spec, fields, "model card")
+    if not card.is_empty():
+        given = card.preprocessing
+        if given.preset is not None:
+            spec = _with_preset(spec, given.preset)
+        fields = {"scale": given.scale, "mean": given.mean, "std": given.std, "bgr": given.bgr, "layout": card.layout}
+        spec = replace(spec, **{key: value for key, value in fields.items() if value is not None})
         sources.append("model card")
     if preset is not None:
-        if preset not in PRESETS:
-            from .errors import close_matches
-
-            raise InputError(f"unknown preset '{preset}'{close_matches(preset, PRESETS)}")
-        chosen = PRESETS[preset]
-        spec = replace(spec, scale=chosen.scale, mean=chosen.mean, std=chosen.std)
+        spec = _with_preset(spec, preset)
         sources.append(f"preset {preset}")
     flags = {"scale": scale, "mean": mean, "std": std, "layout": layout, "bgr": bgr}
     flags = {key: value for key, value in flags.items() if value is not None}
     if flags:
-        spec = _with_fields(spec, flags, "flags")
+        spec = _with_flags(spec, flags)
         sources.append("flags " + ",".join(flags))
     return replace(spec, source=" + ".join(sources) if sources else spec.source)
 
 
-def _with_fields(spec: Preprocessing, fields: dict, where: str) -> Preprocessing:
-    known = {"scale", "mean", "std", "layout", "bgr"}
-    unknown = set(fields) - known
-    if unknown:
-        raise InputError(f"{where}: unknown preprocessing fields {sorted(unknown)}; use {sorted(known)}")
-    values = dict(fields)
+def _with_preset(spec: Preprocessing, preset: str) -> Preprocessing:
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset '{preset}'{close_matches(preset, PRESETS)}", option="preset")
+    chosen = PRESETS[preset]
+    return replace(spec, scale=chosen.scale, mean=chosen.mean, std=chosen.std)
+
+
+def _with_flags(spec: Preprocessing, flags: dict) -> Preprocessing:
+    """Explicit values (library arguments, CLI flags), each checked finite and in range."""
+    values = dict(flags)
     for key in ("mean", "std"):
         if key in values:
             raw = values[key]
             values[key] = tuple(float(v) for v in (raw if isinstance(raw, (list, tuple)) else [raw]))
+            if not values[key] or not all(math.isfinite(v) for v in values[key]):
+                raise InputError(f"{values[key]} must be finite numbers", option=key)
+    if "std" in values and any(v <= 0 for v in values["std"]):
+        raise InputError(f"{values['std']}: every channel's std must be > 0", option="std")
+    if "scale" in values:
+        values["scale"] = float(values["scale"])
+        if not math.isfinite(values["scale"]) or values["scale"] <= 0:
+            raise InputError(f"{values['scale']} must be a finite number > 0 (255 for raw 0..255 pixels)",
+                             option="scale")
     if "layout" in values:
         values["layout"] = str(values["layout"]).lower()
         if values["layout"] not in ("nchw", "nhwc"):
-            raise InputError(f"{where}: layout '{values['layout']}' is neither nchw nor nhwc")
-    if "scale" in values:
-        values["scale"] = float(values["scale"])
+            raise InputError(f"'{values['layout']}' is neither nchw nor nhwc", option="layout")
     if "bgr" in values:
         values["bgr"] = bool(values["bgr"])
     return replace(spec, **values)

@@ -23,7 +23,8 @@ from .layers import Layer
 from .load import LoadedModel, load_model
 from .normalise import NormalisedModel, _dims, drop_initializer_inputs, image_input, normalise
 from .perturb import Pipeline, resolve_device
-from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
+from .card import ModelCard
+from .preprocess import Preprocess, Preprocessing, canonical_shape, resolve_preprocessing
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Session:
     the run's images in canonical space (float32 C×H×W in [0, 1], METHOD §1)."""
 
     loaded: LoadedModel
-    card: dict
+    card: ModelCard
     normalised: NormalisedModel
     preprocessing: Preprocessing
     images: tuple[CanonicalImage, ...] = field(repr=False)
@@ -133,7 +134,7 @@ def open_session(
     path = Path(model) if model is not None else default_model()
     torch_device = resolve_device(device)
     loaded = loaded or load_model(path)
-    card = read_card(path, loaded.proto) if path.exists() else {}
+    card = ModelCard.for_model(path, loaded.proto) if path.exists() else ModelCard.from_json({})
     input_name = input_name or card.get("input")
     requested = list(layers or card.get("suggested_layers") or ["auto"])
     shape = model_input_shape(loaded.proto, input_name, input_shape)

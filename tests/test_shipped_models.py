@@ -101,7 +101,8 @@ def test_cli_analyze_with_the_model_path_only(tmp_path):
 def _trained_digits_bn() -> torch.nn.Module:
     """The shipped dynamo model's trained weights in its PyTorch class. The exporter folded each
     BatchNorm into the conv before it, so the BatchNorms become identities."""
-    spec = importlib.util.spec_from_file_location("torch_dynamo_digits_build", MODELS / "torch_dynamo_digits" / "build.py")
+    build_py = MODELS / "torch_dynamo_digits" / "build.py"
+    spec = importlib.util.spec_from_file_location("torch_dynamo_digits_build", build_py)
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
     model = build.DigitsBN()

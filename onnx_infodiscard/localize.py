@@ -24,11 +24,11 @@ from .images import CanonicalImage, box_mask, find_images, load_images, read_box
 from .layers import list_layers, select_layers
 from .load import LoadedModel, load_model
 from .normalise import normalise
+from .output.encode import SCHEMA_VERSION
 from .localization import DEFAULT_FRACTION, Box, box_from_map, deletion_curve, iou, pointing_hit
 from .perturb import SolverSettings, resolve_device
 from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
 
-SCHEMA_VERSION = 1
 #: The threshold sweep reported beside the fixed rule (chosen on the same images: optimistic).
 FRACTIONS = tuple(round(f, 2) for f in np.arange(0.05, 1.0, 0.05))
 DELETION_STEPS = 20

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnx_infodiscard.output import analysis as report_module
-from onnx_infodiscard.output import figures, folders
 from onnx_infodiscard.analysis import ImageSummary, LayerResult, Report
 from onnx_infodiscard.crosscheck import CrossCheck, LayerAgreement
 from onnx_infodiscard.errors import InputError
 from onnx_infodiscard.layers import Layer
-from onnx_infodiscard.perturb import SolverSettings
-from onnx_infodiscard.preprocess import Preprocessing
+from onnx_infodiscard.output import analysis as report_module
+from onnx_infodiscard.output import figures, folders
 from onnx_infodiscard.output.analysis import summary_json, write_report
 from onnx_infodiscard.output.manifest import MANIFEST
+from onnx_infodiscard.perturb import SolverSettings
+from onnx_infodiscard.preprocess import Preprocessing
 
 LAYER_NAMES = ("/conv1/Conv_output_0", "relu_1", "/fc/Gemm_output_0")
 

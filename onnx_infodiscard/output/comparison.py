@@ -66,7 +66,8 @@ def _layers(comparison: Comparison) -> list[str]:
     for r in sorted(comparison.rows, key=lambda r: (r.depth, comparison.models.index(r.model))):
         css = "" if r.converged else ' class="unconverged"'
         parts.append(f"<tr{css}><td>{cell(r.model)}</td><td><code>{escape(r.layer)}</code></td><td>{cell(r.op_type)}</td>"
-                     + "".join(f'<td class="num">{cell(v)}</td>' for v in (r.depth, r.cid, r.delta_cid, r.concentration))
+                     + "".join(f'<td class="num">{cell(v)}</td>'
+                               for v in (r.depth, r.cid, r.delta_cid, r.concentration))
                      + f"<td>{r.n_converged} / {r.n_images}</td></tr>")
     parts.append("</tbody></table>")
     return parts

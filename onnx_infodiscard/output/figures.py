@@ -167,8 +167,8 @@ def plot_layer(layer: Layer, results: list[LayerResult], images: list[np.ndarray
     axis.set_xlim(0, grid.width)
     axis.set_ylim(grid.height, 0)
     depth = f", depth {layer.depth:.2f}" if layer.depth is not None else ""
-    axis.text(grid.width / 2, grid.header * 0.45, f"layer {layer.index}: {short(layer.name, 60)} ({layer.op_type}{depth})",
-              ha="center", va="center", fontsize=11)
+    heading = f"layer {layer.index}: {short(layer.name, 60)} ({layer.op_type}{depth})"
+    axis.text(grid.width / 2, grid.header * 0.45, heading, ha="center", va="center", fontsize=11)
     top = grid.header
     for r, image, h in zip(shown, images, grid.heights):
         y0 = top + grid.title

@@ -23,8 +23,16 @@ from pathlib import Path
 
 from ..errors import InputError
 from .manifest import (
-    INNER_LOCK, INNER_TMP_PREFIX, LOCK_SUFFIX, MANIFEST, TMP_MARKER, is_scratch, read_manifest, unknown_entries,
-    write_json_atomically, write_manifest,
+    INNER_LOCK,
+    INNER_TMP_PREFIX,
+    LOCK_SUFFIX,
+    MANIFEST,
+    TMP_MARKER,
+    is_scratch,
+    read_manifest,
+    unknown_entries,
+    write_json_atomically,
+    write_manifest,
 )
 
 try:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import figures
 from ..localize import IOU_HIT
+from . import figures
 from .encode import json_text, safe_name, write_csv
 from .folders import write_folder
 

@@ -127,7 +127,8 @@ def unknown_entries(folder: Path, limit: int = 4) -> list[str]:
         dirs.sort()
         for d in list(dirs):
             rel = (base / d).as_posix()
-            if (Path(root) / d).is_symlink() or not (rel in known_folders or any(k.startswith(rel + "/") for k in known)):
+            listed = rel in known_folders or any(k.startswith(rel + "/") for k in known)
+            if (Path(root) / d).is_symlink() or not listed:
                 found.append(rel + "/")
                 dirs.remove(d)
         for name in sorted(names):

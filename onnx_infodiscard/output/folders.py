@@ -171,6 +171,19 @@ def _in_place(out: Path) -> bool:
 # --------------------------------------------------------------------------------------------- writing
 
 
+def _mkdir(folder: Path, created: list[Path]) -> bool:
+    """Make `folder`; True (and recorded for clean-up) when this call made it, False when it existed."""
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return False
+    except OSError as err:
+        raise InputError(f"cannot create the output folder {folder} ({err.strerror or err}); choose another "
+                         "output folder", option="out") from None
+    created.append(folder)
+    return True
+
+
 def _make_parents(parent: Path, created: list[Path]) -> None:
     """Create the missing folders above the output, recording each one this call made (for clean-up)."""
     missing = []
@@ -178,29 +191,14 @@ def _make_parents(parent: Path, created: list[Path]) -> None:
         missing.append(parent)
         parent = parent.parent
     for folder in reversed(missing):
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise InputError(f"cannot create the output folder {folder} ({err.strerror or err}); choose another "
-                             "output folder", option="out") from None
-        created.append(folder)
+        _mkdir(folder, created)
 
 
 def _new_subfolder(out: Path, stem: str, created: list[Path]) -> Path:
     """A fresh `out/{stem}-{n}` (the first free n), made here so that two runs never pick the same one."""
     for n in range(1, 100_000):
-        candidate = out / f"{stem}-{n}"
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise InputError(f"cannot create a subfolder in {out} ({err.strerror or err}); choose another output "
-                             "folder", option="out") from None
-        created.append(candidate)
-        return candidate
+        if _mkdir(out / f"{stem}-{n}", created):
+            return out / f"{stem}-{n}"
     raise InputError(f"{out} has no free {stem}-N subfolder name left; choose another output folder", option="out")
 
 

@@ -117,7 +117,8 @@ def unknown_entries(folder: Path, limit: int = 4) -> list[str]:
     found: list[str] = []
 
     def unreadable(err: OSError) -> None:
-        found.append(f"{Path(err.filename).relative_to(folder).as_posix() if err.filename else '?'} (unreadable)")
+        name = Path(os.path.relpath(err.filename, folder)).as_posix() if err.filename else "?"
+        found.append(f"{name} (unreadable)")
 
     for root, dirs, names in os.walk(folder, onerror=unreadable):
         base = Path(root).relative_to(folder)

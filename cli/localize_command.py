@@ -43,14 +43,14 @@ def localize(
     Exit code 0 also when a control scores as well as the methods: the verdict says so.
     """
     from onnx_infodiscard.localize import localize as run_localize
-    from onnx_infodiscard.localize_report import MARKER, write_localization
-    from onnx_infodiscard.report import check_output_folder, json_text
+    from onnx_infodiscard.output import check_output_folder, json_text
+    from onnx_infodiscard.output.localization import write_localization
 
     settings = SolverSettings(tau=tau, steps=steps, samples=samples, grid=grid, seed=seed)
     settings.validate()
     if overlays < 0:
         raise InputError(f"--overlays {overlays}: give 0 (none) or more")
-    check_output_folder(out, MARKER)
+    check_output_folder(out)
     with stage_progress(as_json) as progress:
         result = run_localize(
             model, images, boxes, layer, _names(methods), _names(controls), settings=settings, device=device,

@@ -163,7 +163,8 @@ def analyze(
 ) -> None:
     """Measure how much of each image's information each chosen layer discards (CID maps)."""
     from onnx_infodiscard.analysis import Foreground, analyze as run_analysis
-    from onnx_infodiscard.report import check_output_folder, summary_json, write_report
+    from onnx_infodiscard.output import check_output_folder
+    from onnx_infodiscard.output.analysis import summary_json, write_report
 
     rules = parse_rules(fail_if)
     settings = SolverSettings(tau=tau, steps=steps, samples=samples, grid=grid, sigma_max=sigma_max, seed=seed,

@@ -61,7 +61,7 @@ def compare(
     from onnx_infodiscard.analysis import Foreground
     from onnx_infodiscard.audit import parse_rules, raise_on_failure
     from onnx_infodiscard.compare import check_output_folder, compare as run_compare, write_comparison
-    from onnx_infodiscard.report import json_text
+    from onnx_infodiscard.output import json_text
 
     settings = SolverSettings(tau=tau, steps=steps, samples=samples, seed=seed)
     settings.validate()

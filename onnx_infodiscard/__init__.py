@@ -9,9 +9,9 @@ from .errors import ConversionError, InfodiscardError, InputError
 from .layers import Layer, list_layers, select_layers
 from .load import LoadedModel, load_model
 from .localize import Localization, localize
-from .localize_report import write_localization
+from .output.analysis import write_report
+from .output.localization import write_localization
 from .perturb import SolverSettings
-from .report import write_report
 
 __version__ = "0.1.0"
 

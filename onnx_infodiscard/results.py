@@ -9,9 +9,8 @@ import numpy as np
 from .crosscheck import CrossCheck
 from .layers import Layer
 from .perturb import SolverSettings
+from .output.encode import SCHEMA_VERSION
 from .preprocess import Preprocessing
-
-SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,7 @@ and `--fail-if` exit codes end to end through the CLI."""
 
 from __future__ import annotations
 
-import csv
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from onnx_infodiscard.audit import parse_rules
-from onnx_infodiscard.compare import COLUMNS, FILES, compare, display_names, plot, write_comparison
+from onnx_infodiscard.compare import compare, display_names
 from onnx_infodiscard.errors import InputError
 from onnx_infodiscard.perturb import SolverSettings
 
@@ -73,39 +71,6 @@ def test_rules_are_judged_on_every_model(comparison):
     assert all(o.failed == (o.value is None) for o in comparison.outcomes)
     assert {o.layer for o in comparison.outcomes if o.rule == rules[0]} == {
         [r for r in comparison.rows if r.model == m][-1].layer for m in comparison.models}
-
-
-def test_outputs_written_atomically_and_self_contained(comparison, tmp_path):
-    out = write_comparison(comparison, tmp_path / "cmp")
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    data = json.loads((out / "comparison.json").read_text())
-    assert data["kind"] == "comparison" and [m["name"] for m in data["models"]] == list(comparison.models)
-    assert data["parameters"]["steps"] == 20 and len(data["table"]) == len(comparison.rows)
-    assert set(COLUMNS) <= set(data["table"][0]) and len(data["audit"]["outcomes"]) == 6
-    with (out / "comparison.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert tuple(rows[0]) == COLUMNS and len(rows) == len(comparison.rows)
-    assert {r["model"] for r in rows} == set(comparison.models)
-    assert all(r["converged"] in ("true", "false") and float(r["depth"]) > 0 for r in rows)
-    page = (out / "comparison.html").read_text()
-    assert page.count("data:image/png;base64,") == 1
-    assert not re.search(r'src="(?!data:)', page) and "<link" not in page  # nothing fetched from outside
-    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # an earlier comparison is replaced; a folder of other files is refused
-    assert write_comparison(comparison, out) == out
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "keep.txt").write_text("x")
-    with pytest.raises(InputError, match="holds other files"):
-        write_comparison(comparison, other)
-
-
-def test_plot_has_one_curve_per_model(comparison):
-    figure = plot(comparison)
-    cid_axis, concentration_axis = figure.axes
-    assert [t.get_text() for t in cid_axis.get_legend().get_texts()] == list(comparison.models)
-    assert "relative layer depth" in concentration_axis.get_xlabel()
 
 
 def test_display_names_stay_apart():

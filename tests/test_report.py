@@ -16,14 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnx_infodiscard import report as report_module
 from onnx_infodiscard.analysis import ImageSummary, LayerResult, Report
 from onnx_infodiscard.crosscheck import CrossCheck, LayerAgreement
 from onnx_infodiscard.errors import InputError
 from onnx_infodiscard.layers import Layer
+from onnx_infodiscard.output import analysis as report_module
+from onnx_infodiscard.output import figures, folders
+from onnx_infodiscard.output.analysis import summary_json, write_report
+from onnx_infodiscard.output.manifest import MANIFEST
 from onnx_infodiscard.perturb import SolverSettings
 from onnx_infodiscard.preprocess import Preprocessing
-from onnx_infodiscard.report import summary_json, write_report
 
 LAYER_NAMES = ("/conv1/Conv_output_0", "relu_1", "/fc/Gemm_output_0")
 
@@ -82,8 +84,8 @@ def fast_plots(monkeypatch):
     """Stub the plots (tests of the folder's lifecycle need no real figures)."""
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4), (200, 30, 30)).save(buffer, format="PNG")
-    monkeypatch.setattr(report_module, "_plot_layer", lambda *args, **kwargs: buffer.getvalue())
-    monkeypatch.setattr(report_module, "_plot_depth", lambda *args, **kwargs: buffer.getvalue())
+    monkeypatch.setattr(figures, "plot_layer", lambda *args, **kwargs: buffer.getvalue())
+    monkeypatch.setattr(figures, "plot_depth", lambda *args, **kwargs: buffer.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +104,8 @@ def test_writes_every_file_with_expected_content(written):
     assert out == (tmp_path / "out").resolve()
     names = sorted(p.name for p in out.iterdir())
     layer_pngs = ["layer_1_conv1_Conv_output_0.png", "layer_4_relu_1.png", "layer_7_fc_Gemm_output_0.png"]
-    assert names == sorted(["report.json", "metrics.csv", "maps.npz", "report.html", "cid_vs_depth.png", *layer_pngs])
+    assert names == sorted(["report.json", "metrics.csv", "maps.npz", "report.html", "cid_vs_depth.png", *layer_pngs,
+                            MANIFEST])
     assert leftovers(tmp_path, "out") == []
 
     text = (out / "report.json").read_text()
@@ -202,7 +205,7 @@ def test_failure_mid_way_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr(report_module, "_plot_depth", boom)
+    monkeypatch.setattr(figures, "plot_depth", boom)
     with pytest.raises(RuntimeError, match="plot failed"):
         write_report(make_report(size=6), tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -210,7 +213,7 @@ def test_failure_mid_way_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_failure_keeps_the_old_report_intact(tmp_path, monkeypatch):
-    monkeypatch.setattr(report_module, "_plot_depth", lambda *args, **kwargs: b"\x89PNG stub")
+    monkeypatch.setattr(figures, "plot_depth", lambda *args, **kwargs: b"\x89PNG stub")
     old = write_report(make_report(seed=1, size=6), tmp_path / "out")
     before = {p.name: p.read_bytes() for p in old.iterdir()}
 
@@ -222,19 +225,22 @@ def test_failure_keeps_the_old_report_intact(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # even an interrupt cleans up
         return real(*args, **kwargs)
 
-    real = report_module._plot_layer
-    monkeypatch.setattr(report_module, "_plot_layer", fail_on_second_layer)
+    real = figures.plot_layer
+    monkeypatch.setattr(figures, "plot_layer", fail_on_second_layer)
     with pytest.raises(KeyboardInterrupt):
         write_report(make_report(seed=2, size=6), tmp_path / "out")
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before
     assert leftovers(tmp_path, "out") == []
 
 
-def test_replaces_an_earlier_report(tmp_path, fast_plots):
+def test_replaces_an_earlier_report_but_not_a_file_added_to_it(tmp_path, fast_plots):
     write_report(make_report(seed=1), tmp_path / "out")
-    (tmp_path / "out" / "stale_extra.txt").write_text("old")
+    (tmp_path / "out" / "my_notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="my_notes.txt"):
+        write_report(make_report(seed=2, n_images=2), tmp_path / "out")
+    assert (tmp_path / "out" / "my_notes.txt").read_text() == "mine"
+    (tmp_path / "out" / "my_notes.txt").unlink()
     out = write_report(make_report(seed=2, n_images=2), tmp_path / "out")
-    assert not (out / "stale_extra.txt").exists()
     assert len(json.loads((out / "report.json").read_text())["results"]) == 6
     assert leftovers(tmp_path, "out") == []
 
@@ -249,7 +255,7 @@ def test_failed_swap_restores_the_old_report(tmp_path, monkeypatch, fast_plots):
             raise OSError(28, "No space left on device")
         return real_rename(src, dst)
 
-    monkeypatch.setattr(report_module.os, "rename", rename)
+    monkeypatch.setattr(folders.os, "rename", rename)
     with pytest.raises(OSError):
         write_report(make_report(seed=2), tmp_path / "out")
     assert (tmp_path / "out" / "report.json").read_text() == before
@@ -281,7 +287,7 @@ def test_a_folder_with_other_files_is_not_replaced(tmp_path):
     folder = tmp_path / "home"
     folder.mkdir()
     (folder / "thesis.tex").write_text("precious")
-    with pytest.raises(InputError, match="no earlier report"):
+    with pytest.raises(InputError, match="did not write"):
         write_report(make_report(), folder)
     assert (folder / "thesis.tex").read_text() == "precious"
     assert leftovers(tmp_path, "home") == []
@@ -292,7 +298,7 @@ def test_refused_write_is_an_input_error(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(30, "Read-only file system")
 
-    monkeypatch.setattr(report_module.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(folders.tempfile, "mkdtemp", refuse)
     with pytest.raises(InputError, match="not writable") as err:
         write_report(make_report(), tmp_path / "out")
     assert "Read-only file system" in str(err.value) and "\n" not in str(err.value)
@@ -302,7 +308,7 @@ def test_refused_write_is_an_input_error(tmp_path, monkeypatch):
 def test_unwritable_parent_seen_by_access_is_an_input_error(tmp_path, monkeypatch):
     """os.access is the up-front check (it also sees read-only mounts for root)."""
     real = os.access
-    monkeypatch.setattr(report_module.os, "access",
+    monkeypatch.setattr(folders.os, "access",
                         lambda path, mode, **kw: False if Path(path) == tmp_path else real(path, mode, **kw))
     with pytest.raises(InputError, match="not writable"):
         write_report(make_report(), tmp_path / "out")

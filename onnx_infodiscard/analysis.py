@@ -320,12 +320,13 @@ def _reconstruction_uncertainty(distortion, features, settings, model_sha256, tr
             feature, name, train, model_sha256, config, retrain,
             lambda advance, total, name=name: progress(f"RU: decoder {name}", advance, total), device,
         )
-    solution, errors = solve(
+    solution = solve(
         distortion, settings,
         lambda advance: progress("RU σ (images×layers×steps)", advance * distortion.rows, distortion.rows * settings.steps),
         decoders={name: d.module for name, d in decoders.items()},
         reconstruction_samples=max(256, settings.eval_samples),
     )
+    errors = solution.reconstruction_error
     results = []
     for row in range(distortion.rows):
         decoder = decoders[distortion.layer_names[int(distortion.layer_of_row[row])]]

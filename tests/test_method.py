@@ -244,3 +244,93 @@ def test_linear_oracle_holds_in_bf16():
     log_sigma = solution.log_sigma[0]
     error = metrics.cid(metrics.entropy_map(log_sigma)) - metrics.cid(metrics.entropy_map(np.log(sigma_true)))
     assert abs(error) <= 0.01 and np.median(np.abs(np.exp(log_sigma) / sigma_true - 1)) <= 0.05
+
+
+# --- row-local noise: a row's answer never depends on the rest of the run ---------------------
+
+ROWS_SOURCE = '''
+import torch
+from torch import nn
+from onnx_infodiscard.perturb import Distortion, SolverSettings, solve
+
+def rows_model():
+    generator = torch.Generator().manual_seed(7)
+    conv1, conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 6, 3, stride=2, padding=1)
+    for p in [*conv1.parameters(), *conv2.parameters()]:
+        p.data = torch.randn(p.shape, generator=generator) * 0.5
+    shallow = lambda x: torch.relu(conv1(x))
+    deep = lambda x: torch.relu(conv2(torch.relu(conv1(x))))
+    images = torch.rand((3, 1, 12, 12), generator=generator)
+    return {"shallow": shallow, "deep": deep}, images
+
+ROWS_SETTINGS = SolverSettings(steps=12, samples=8, eval_samples=32, max_eval_samples=256, extra_steps=6)
+
+def solve_rows(order, settings=ROWS_SETTINGS, wrap=None):
+    """order: [(image index, layer)]; returns the log σ map of every row, in that order."""
+    features, images = rows_model()
+    if wrap:
+        features = {name: wrap(f) for name, f in features.items()}
+    distortion = Distortion(features, images, [i for i, _ in order], [layer for _, layer in order])
+    return solve(distortion, settings)
+'''
+exec(ROWS_SOURCE)
+ALL_ROWS = [(i, layer) for layer in ("shallow", "deep") for i in range(3)]
+
+
+def test_a_row_alone_with_others_reversed_or_rechunked_gives_the_same_map():
+    """Image 1 at the deep layer: alone, with every other row, in reverse order, in chunks of 7
+    forward passes: the same map and D/τ to float rounding (conv on other batch sizes)."""
+    target = ALL_ROWS.index((1, "deep"))
+    alone = solve_rows([(1, "deep")])
+    together = solve_rows(ALL_ROWS)
+    backwards = solve_rows(ALL_ROWS[::-1])
+    small = solve_rows(ALL_ROWS, SolverSettings(**{**ROWS_SETTINGS.__dict__, "max_batch": 7}))
+    assert small.max_batch == 7
+    for other, row in ((together, target), (backwards, len(ALL_ROWS) - 1 - target), (small, target)):
+        assert np.abs(other.log_sigma[row] - alone.log_sigma[0]).max() <= 1e-5
+        assert other.d_over_tau[row] == pytest.approx(alone.d_over_tau[0], abs=1e-5)
+        assert other.eval_samples[row] == alone.eval_samples[0]
+    for i, row in enumerate(ALL_ROWS):  # and every row equals its own solve with the order reversed
+        assert np.abs(together.log_sigma[i] - backwards.log_sigma[len(ALL_ROWS) - 1 - i]).max() <= 1e-5
+
+
+def test_an_out_of_memory_halving_redraws_the_same_noise():
+    """The stage redone after an out-of-memory draws the same noise: same maps as a run without one."""
+    calls = []
+
+    def shrinking(feature):
+        def run(x):
+            calls.append(len(x))
+            if len(calls) > 40 and len(x) > 20:
+                raise torch.OutOfMemoryError("simulated: out of device memory")
+            return feature(x)
+        return run
+
+    plain = solve_rows(ALL_ROWS)
+    halved = solve_rows(ALL_ROWS, wrap=shrinking)
+    assert halved.max_batch < ROWS_SETTINGS.max_batch
+    assert np.abs(plain.log_sigma - halved.log_sigma).max() <= 1e-5
+    assert np.allclose(plain.d_over_tau, halved.d_over_tau, atol=1e-5)
+
+
+def test_a_row_in_a_fresh_process_gives_the_same_map(tmp_path):
+    import subprocess
+    import sys
+
+    script = ROWS_SOURCE + f"\nimport numpy\nnumpy.save({str(tmp_path / 'row.npy')!r}, solve_rows([(2, 'shallow')]).log_sigma)\n"
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=600,
+                   env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    here = solve_rows(ALL_ROWS).log_sigma[ALL_ROWS.index((2, "shallow"))]
+    assert np.abs(np.load(tmp_path / "row.npy")[0] - here).max() <= 1e-5
+
+
+def test_row_seed_depends_on_seed_content_and_layer_never_on_the_array_or_name():
+    from onnx_infodiscard.perturb import image_hash, row_seed
+
+    pixels = np.random.default_rng(0).random((1, 4, 4), dtype=np.float32)
+    seed = row_seed(0, pixels, "conv")
+    assert seed == row_seed(0, pixels.copy(), "conv") == row_seed(0, torch.from_numpy(pixels), "conv")
+    assert seed == row_seed(0, pixels.astype(np.float64), "conv")  # canonical float32 bytes
+    assert 0 <= seed < 2**63
+    assert len({seed, row_seed(1, pixels, "conv"), row_seed(0, pixels, "conv2"), row_seed(0, pixels + 1e-3, "conv")}) == 4
+    assert image_hash(pixels) == image_hash(np.asfortranarray(pixels))

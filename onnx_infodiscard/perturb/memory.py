@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .distortion import Distortion
+from .noise import NOISE_BLOCK
 from .settings import SolverSettings
 
 #: Share of the memory available to the process that a solve may use when no budget is given.
@@ -28,7 +29,7 @@ DEFAULT_MEMORY_FRACTION = 0.5
 #: transient outputs of the largest op, as multiples of the largest saved tensor.
 BACKWARD_MARGIN, FORWARD_MARGIN = 2.0, 3.0
 #: Forward passes per probe; the difference between two probe sizes cancels what a batch shares (weights).
-PROBE = (1, 3)
+PROBE = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Estimate:
     budget: int  # bytes the solve's tensors may take
     batch: int  # forward passes per chunk with gradients (the optimisation)
     eval_batch: int  # forward passes per chunk without (the measurement)
+    fixed_bytes: int  # what every chunk needs whatever its size (a noise block), included in predicted_peak
     predicted_peak: int  # bytes above what the process held before the solve
     seconds: float  # predicted wall time of the whole solve, from timed probe steps
     fits: bool  # False when even one sample per chunk exceeds the budget
@@ -123,7 +125,9 @@ def estimate(distortion: Distortion, settings: SolverSettings,
         step_seconds = elapsed / PROBE[1]
         samples = (settings.steps + 4) * settings.samples + 0.35 * 3 * settings.eval_samples
         seconds += rows * samples * step_seconds
-    batch = max(1, min(settings.max_batch, budget // max(per_sample, 1)))
-    eval_batch = max(1, min(4 * settings.max_batch, budget // max(eval_per_sample, 1)))
-    peak = max(batch * per_sample, eval_batch * eval_per_sample)
-    return Estimate(per_sample, eval_per_sample, budget, batch, eval_batch, peak, seconds, peak <= budget)
+    fixed = NOISE_BLOCK * input_bytes  # a partial noise block is drawn whole
+    room = max(budget - fixed, 0)
+    batch = max(1, min(settings.max_batch, room // max(per_sample, 1)))
+    eval_batch = max(1, min(4 * settings.max_batch, room // max(eval_per_sample, 1)))
+    peak = max(fixed + max(batch * per_sample, eval_batch * eval_per_sample), PROBE[1] * per_sample)
+    return Estimate(per_sample, eval_per_sample, budget, batch, eval_batch, fixed, peak, seconds, peak <= budget)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 #: Samples per noise block: the unit of generation, so chunking never changes a row's noise.
-NOISE_BLOCK = 16
+NOISE_BLOCK = 8
 _MASK63 = (1 << 63) - 1
 
 
@@ -59,14 +59,17 @@ class Piece:
 def row_noise(seed: int, draw: Sequence[int], start: int, count: int, shape: Sequence[int],
               device: torch.device) -> torch.Tensor:
     """Samples [start, start + count) of the draw `draw` of the row seeded `seed`: (count, *shape)."""
-    first, last = start // NOISE_BLOCK, (start + count - 1) // NOISE_BLOCK
+    out = torch.empty((count, *shape), device=device)
     generator = torch.Generator(device=device)
-    blocks = []
-    for block in range(first, last + 1):
+    for block in range(start // NOISE_BLOCK, (start + count - 1) // NOISE_BLOCK + 1):
         generator.manual_seed(block_seed(seed, draw, block))
-        blocks.append(torch.randn((NOISE_BLOCK, *shape), generator=generator, device=device))
-    offset = start - first * NOISE_BLOCK
-    return torch.cat(blocks)[offset : offset + count]
+        low, high = max(start, block * NOISE_BLOCK), min(start + count, (block + 1) * NOISE_BLOCK)
+        if low == block * NOISE_BLOCK and high == low + NOISE_BLOCK:
+            torch.randn((NOISE_BLOCK, *shape), generator=generator, device=device, out=out[low - start : high - start])
+        else:  # a partial block: draw it whole, keep the part asked for
+            values = torch.randn((NOISE_BLOCK, *shape), generator=generator, device=device)
+            out[low - start : high - start] = values[low - block * NOISE_BLOCK : high - block * NOISE_BLOCK]
+    return out
 
 
 def pack(requests: Sequence[tuple[int, tuple[int, ...], int]], batch: int, split: bool = True) -> Iterator[list[Piece]]:

@@ -61,10 +61,14 @@ class Projector:
         self.everything = self._saturated_alone_exceed(base, rows)
         ratio = se = n = None
         active = torch.ones(len(rows), dtype=torch.bool, device=base.device)
+        slope = torch.full((len(rows),), 2.0, device=base.device)
         for outer in range(OUTER_ROUNDS):
             chosen = active.nonzero().squeeze(1)
             everything = self.everything[chosen]
-            shift[chosen] = self._search(base[chosen], rows[chosen], shift[chosen], everything, outer)
+            if outer == 0:
+                shift[chosen], slope[chosen] = self._search(base[chosen], rows[chosen], shift[chosen], everything, outer)
+            else:  # the precise measurement, not a pilot's noise, places the next shift
+                shift[chosen] -= torch.log(ratio[chosen].clamp_min(1e-12)) / slope[chosen]
             r, e, c = self._measure(self._shifted(base[chosen], shift[chosen], everything), rows[chosen], outer)
             if ratio is None:
                 ratio, se, n = r, e, c
@@ -82,9 +86,10 @@ class Projector:
         return torch.log(torch.stack([v.mean() for v in values]).clamp_min(1e-30))
 
     def _search(self, base: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, everything: torch.Tensor,
-                outer: int) -> torch.Tensor:
+                outer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The shift c of each row with log D/τ(c) = 0 on the pilot sample: secant steps, kept inside
-        the bracket found so far (bisection when a secant step leaves it)."""
+        the bracket found so far (bisection when a secant step leaves it); and the local slope
+        d log(D/τ)/dc there, which places later shifts from precise measurements."""
         accuracy = math.log1p(self.s.tolerance / 10)
         c_a, f_a = start, self._pilot(self._shifted(base, start, everything), rows, outer)
         c_b = c_a - 0.5 * f_a  # D ∝ σ² near the linear regime
@@ -92,25 +97,29 @@ class Projector:
         high = torch.where(f_a > 0, c_a, torch.full_like(c_a, math.inf))
         done = f_a.abs() <= accuracy
         c_b = torch.where(done, c_a, c_b)
+        slope = torch.full_like(c_a, 2.0)  # d log(D/τ) / dc, measured by the secant steps
         for _ in range(SEARCH_STEPS):
             todo = (~done).nonzero().squeeze(1)
             if not len(todo):
                 break
-            f_b = torch.zeros_like(f_a)
+            f_b = f_a.clone()  # rows already done are not evaluated again, and nothing of theirs changes
             f_b[todo] = self._pilot(self._shifted(base[todo], c_b[todo], everything[todo]), rows[todo], outer)
-            low = torch.where(~done & (f_b < 0), torch.maximum(low, c_b), low)
-            high = torch.where(~done & (f_b > 0), torch.minimum(high, c_b), high)
-            flat = (f_b - f_a).abs() < 1e-9  # D does not move with c: every position at a bound
-            done = done | (f_b.abs() <= accuracy) | flat
+            searching = ~done
+            low = torch.where(searching & (f_b < 0), torch.maximum(low, c_b), low)
+            high = torch.where(searching & (f_b > 0), torch.minimum(high, c_b), high)
+            flat = searching & ((f_b - f_a).abs() < 1e-9)  # D does not move with c: every position at a bound
+            moved = searching & ~flat & ((c_b - c_a).abs() > 1e-6)
+            slope = torch.where(moved, (f_b - f_a) / torch.where(moved, c_b - c_a, torch.ones_like(c_b)), slope)
+            done = done | (searching & (f_b.abs() <= accuracy)) | flat
             secant = c_b - f_b * (c_b - c_a) / torch.where(flat, torch.ones_like(f_b), f_b - f_a)
             bracketed = torch.isfinite(low) & torch.isfinite(high)
             outside = (secant <= low) | (secant >= high) | ~torch.isfinite(secant)
             middle = torch.where(bracketed, (low + high) / 2, c_b - 0.5 * f_b)
             step = torch.where(outside, middle, secant)
             step = torch.where(bracketed, step, step.clamp(c_b - 2.0, c_b + 2.0))  # at most ×e² in σ per step
-            c_a, f_a = torch.where(done, c_a, c_b), torch.where(done, f_a, f_b)
+            c_a, f_a = torch.where(done | ~searching, c_a, c_b), torch.where(done | ~searching, f_a, f_b)
             c_b = torch.where(done, c_b, step)
-        return c_b
+        return c_b, slope.clamp(0.25, 4.0)
 
     def _measure(self, theta: torch.Tensor, rows: torch.Tensor, outer: int):
         """D/τ of each row on fresh noise, each with the samples its own variation needs for a relative

@@ -48,7 +48,10 @@ class SolverSettings:
     memory_format: str = "auto"  # of 4-D activations: auto, contiguous or channels_last (same answers, other speed)
     max_memory: int | None = None  # bytes for the solve's tensors; None: half of what the process may use
     extra_steps: int = 100  # at most this many more steps for a row that missed the budget after `steps`
-    reliability: bool = False  # solve each row as two half-sample replicates and report their agreement
+    #: Solve each row as two replicates with independent noise and half the samples each (the same
+    #: forward passes, as accurate on the linear oracle); the map is their mean, and their agreement
+    #: is `Solution.reliability`. Needs samples >= 2.
+    reliability: bool = True
 
     def validate(self) -> None:
         checks = [
@@ -68,9 +71,6 @@ class SolverSettings:
         for option, ok, message in checks:
             if not ok:
                 raise InputError(message, option=option)
-        if self.reliability and self.samples < 2:
-            raise InputError(f"{self.samples}: reliability splits the samples in two halves; give at least 2",
-                             option="samples")
 
     def on(self, device: torch.device) -> SolverSettings:
         """These settings with `auto` choices made for `device`, as the report should record them."""
@@ -97,6 +97,7 @@ class Solution:
     reconstruction_error: np.ndarray | None = None  # (rows, C, H, W), E[(g − x)²] when asked for (RU)
     peak_memory: int | None = None  # bytes: the process's peak RSS on CPU, peak allocated on CUDA
     memory_budget: int | None = None  # bytes the batch was chosen for
+    estimate: object | None = None  # the `memory.Estimate` made before the solve (bytes per sample, seconds)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -56,7 +56,7 @@ class Solver:
         _, self.height, self.width = self.shape
         grid = settings.grid
         self.lattice = (min(grid, self.height), min(grid, self.width)) if grid else (self.height, self.width)
-        self.replicates = 2 if settings.reliability else 1
+        self.replicates = 2 if settings.reliability and settings.samples >= 2 else 1
         self.samples = max(1, settings.samples // self.replicates)
         self.seeds = [seed_of_hash(settings.seed, distortion.row_image_hash(r), distortion.row_layers[r])
                       for r in range(distortion.rows)]
@@ -104,7 +104,7 @@ class Solver:
             multiplier=multiplier.cpu().numpy(), converged=converged.cpu().numpy(), steps=s.steps,
             seconds=time.perf_counter() - start, max_batch=self.max_batch, extra_steps=extra.cpu().numpy(),
             reliability=self._reliability() if self.replicates == 2 else None,
-            peak_memory=peak_memory(self.device), memory_budget=self.estimate.budget,
+            peak_memory=peak_memory(self.device), memory_budget=self.estimate.budget, estimate=self.estimate,
         )
 
     def _combined(self, rows: torch.Tensor) -> torch.Tensor:
@@ -115,9 +115,12 @@ class Solver:
     def _reliability(self) -> np.ndarray:
         """Spearman–Brown-corrected Pearson correlation 2r/(1+r) of the two replicates' log σ maps.
 
-        Each replicate saw half the noise samples; the correction predicts the correlation of two
-        full-budget maps, i.e. how much of the reported map's variation across pixels is signal.
-        Constant maps (no variation to correlate) have reliability 1 when the replicates agree.
+        The two replicates of a row are solved independently (own noise streams, half the samples
+        each) and their averaged iterates compared before the projection; the correction predicts
+        the correlation of two estimates at the full budget, i.e. the share of the reported map's
+        variation across pixels that is not Monte Carlo noise (its square root estimates the map's
+        correlation with the exact optimum). A map with no true variation (the identity layer's
+        uniform optimum) scores near 0: there is no structure to reproduce. 1 for two equal maps.
         """
         average = self.full_resolution(self.state.averaged_theta()).view(self.d.rows, 2, -1).double()
         centred = average - average.mean(-1, keepdim=True)

@@ -274,7 +274,7 @@ def analyze(
     results = []
     summaries = []
     notes = []
-    if solution.max_batch < settings.max_batch:
+    if solution.halvings:
         notes.append(f"out of device memory: batch halved to {solution.max_batch} forward passes")
     if not prepared.conversion.batch_safe:
         notes.append("the graph mixes samples within a batch; ran one sample at a time")

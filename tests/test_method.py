@@ -66,7 +66,7 @@ def test_out_of_device_memory_halves_the_batch_and_the_solve_goes_on():
     steps = []
     distortion = Distortion({"f": shrinking_device}, images, list(range(8)), ["f"] * 8)
     solution = solve(distortion, SolverSettings(tau=TAU, sigma_max=100.0), progress=steps.append)
-    assert solution.max_batch < SolverSettings.max_batch and max(calls[-50:]) <= 48
+    assert solution.halvings >= 1 and solution.max_batch < SolverSettings.max_batch and max(calls[-50:]) <= 48
     assert len(steps) == SolverSettings.steps
     assert solution.converged.all()
     for image, log_sigma in zip(images, solution.log_sigma):
@@ -290,6 +290,10 @@ def test_a_row_alone_with_others_reversed_or_rechunked_gives_the_same_map():
         assert np.abs(other.log_sigma[row] - alone.log_sigma[0]).max() <= 1e-5
         assert other.d_over_tau[row] == pytest.approx(alone.d_over_tau[0], abs=1e-5)
         assert other.eval_samples[row] == alone.eval_samples[0]
+        assert other.extra_steps[row] == alone.extra_steps[0]
+    # rows that missed the budget after the schedule got extra steps, bounded by the setting
+    assert (together.extra_steps <= ROWS_SETTINGS.extra_steps).all()
+    assert (together.extra_steps[~together.converged] == ROWS_SETTINGS.extra_steps).all()
     for i, row in enumerate(ALL_ROWS):  # and every row equals its own solve with the order reversed
         assert np.abs(together.log_sigma[i] - backwards.log_sigma[len(ALL_ROWS) - 1 - i]).max() <= 1e-5
 
@@ -308,7 +312,7 @@ def test_an_out_of_memory_halving_redraws_the_same_noise():
 
     plain = solve_rows(ALL_ROWS)
     halved = solve_rows(ALL_ROWS, wrap=shrinking)
-    assert halved.max_batch < ROWS_SETTINGS.max_batch
+    assert halved.halvings >= 1 and halved.max_batch < ROWS_SETTINGS.max_batch
     assert np.abs(plain.log_sigma - halved.log_sigma).max() <= 1e-5
     assert np.allclose(plain.d_over_tau, halved.d_over_tau, atol=1e-5)
 
@@ -416,3 +420,19 @@ def test_the_process_peak_memory_stays_within_a_small_budget():
     assert small_predicted <= small_budget and small_batch < large_batch
     assert small <= small_budget + (64 << 20)
     assert large > 2 * small and large <= large_budget + (64 << 20)
+
+
+def test_the_projection_moves_saturated_positions_when_they_alone_exceed_the_budget():
+    """A map at σ_max everywhere on the identity layer carries 100× the budget: a shift that keeps
+    saturated positions fixed can never reach it (the deep-row failure of #13). The projection
+    moves them too, and lands on the budget at the identity's closed form σ = sqrt(τ)·std(x)."""
+    from onnx_infodiscard.perturb import Solver
+    from onnx_infodiscard.perturb.project import Projector
+
+    image = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    solver = Solver(Distortion({"f": lambda x: x}, image, [0], ["f"]), SolverSettings(tau=TAU))
+    rows = torch.arange(1)
+    theta, ratio, se, _ = Projector(solver, rows).run(torch.zeros(1, 1, 8, 8), rows)
+    assert abs(float(ratio[0]) - 1) <= 0.05 and float(se[0]) <= 0.01
+    expected = math.log(math.sqrt(TAU) * float(image.std(unbiased=False)))
+    assert np.allclose(theta.numpy(), expected, atol=0.03)

@@ -98,6 +98,7 @@ class Solution:
     peak_memory: int | None = None  # bytes: the process's peak RSS on CPU, peak allocated on CUDA
     memory_budget: int | None = None  # bytes the batch was chosen for
     estimate: object | None = None  # the `memory.Estimate` made before the solve (bytes per sample, seconds)
+    halvings: int = 0  # out-of-device-memory errors survived by halving the batch
 
 
 def resolve_device(name: str) -> torch.device:

@@ -63,6 +63,7 @@ class Solver:
         self.unit_row = torch.arange(distortion.rows, device=self.device).repeat_interleave(self.replicates)
         self.estimate = estimate(distortion, settings, decoders)
         self.max_batch, self.eval_batch = self.estimate.batch, self.estimate.eval_batch
+        self.halvings = 0
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ class Solver:
                 break
             block = min(max(s.steps // 2, 1), s.extra_steps - int(extra.max()))
             mine = torch.nonzero(torch.isin(self.unit_row, missed)).squeeze(1)
-            self.state.restart_average(mine)
+            self.state.restart_average(mine, block)
             for _ in range(block):
                 self._step(mine)
             extra[missed] += block
@@ -105,6 +106,7 @@ class Solver:
             seconds=time.perf_counter() - start, max_batch=self.max_batch, extra_steps=extra.cpu().numpy(),
             reliability=self._reliability() if self.replicates == 2 else None,
             peak_memory=peak_memory(self.device), memory_budget=self.estimate.budget, estimate=self.estimate,
+            halvings=self.halvings,
         )
 
     def _combined(self, rows: torch.Tensor) -> torch.Tensor:
@@ -255,6 +257,7 @@ class Solver:
                 if self.max_batch <= 1 and self.eval_batch <= 1:
                     raise InputError("out of device memory even at one sample per batch; use a smaller input "
                                      "or the cpu", option="device") from None
+                self.halvings += 1
                 self.max_batch = max(1, self.max_batch // 2)
                 self.eval_batch = max(1, self.eval_batch // 2)
                 if self.device.type == "cuda":
@@ -294,11 +297,11 @@ class _State:
         self.sum[chosen] += self.theta.data[chosen]
         self.summed[chosen] += 1
 
-    def restart_average(self, units: torch.Tensor) -> None:
-        """Average only the iterates of the coming extra steps (their second half)."""
+    def restart_average(self, units: torch.Tensor, steps: int) -> None:
+        """Average only the second half of the coming `steps` extra steps."""
         self.sum[units] = 0
         self.summed[units] = 0
-        self.average_from[units] = self.count[units] + max(self.settings.steps // 4, 1) // 2
+        self.average_from[units] = self.count[units] + steps // 2
 
     def averaged_theta(self) -> torch.Tensor:
         shape = (-1,) + (1,) * (self.theta.dim() - 1)

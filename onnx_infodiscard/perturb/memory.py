@@ -59,7 +59,8 @@ def available_memory(device: torch.device) -> int:
                 candidates.append(int(line.split()[1]) * 1024)
     except OSError:
         pass
-    for limit, usage in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+    cgroups = (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"))
+    for limit, usage in cgroups:
         try:
             text = Path("/sys/fs/cgroup", limit).read_text().strip()
             if text != "max" and int(text) < 1 << 60:

@@ -66,7 +66,8 @@ class Projector:
             chosen = active.nonzero().squeeze(1)
             everything = self.everything[chosen]
             if outer == 0:
-                shift[chosen], slope[chosen] = self._search(base[chosen], rows[chosen], shift[chosen], everything, outer)
+                found = self._search(base[chosen], rows[chosen], shift[chosen], everything, outer)
+                shift[chosen], slope[chosen] = found
             else:  # the precise measurement, not a pilot's noise, places the next shift
                 shift[chosen] -= torch.log(ratio[chosen].clamp_min(1e-12)) / slope[chosen]
             r, e, c = self._measure(self._shifted(base[chosen], shift[chosen], everything), rows[chosen], outer)
@@ -145,5 +146,6 @@ class Projector:
             needed = (count * (se / s.max_standard_error) ** 2 * 1.1).ceil()
             more = torch.maximum(needed - count, torch.full_like(count, 16.0)).clamp(max=s.max_eval_samples)
             more = torch.minimum(more, s.max_eval_samples - count)
-            wanted = torch.where((se > s.max_standard_error) & (count < s.max_eval_samples), more, torch.zeros_like(more))
+            unsure = (se > s.max_standard_error) & (count < s.max_eval_samples)
+            wanted = torch.where(unsure, more, torch.zeros_like(more))
         return mean.float(), se.float(), count.long()

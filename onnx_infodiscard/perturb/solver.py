@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
@@ -128,7 +129,8 @@ class Solver:
         centred = average - average.mean(-1, keepdim=True)
         a, b = centred[:, 0], centred[:, 1]
         denominator = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
-        r = torch.where(denominator > 1e-12, (a * b).sum(-1) / denominator.clamp_min(1e-300), torch.ones_like(denominator))
+        r = (a * b).sum(-1) / denominator.clamp_min(1e-300)
+        r = torch.where(denominator > 1e-12, r, torch.ones_like(denominator))
         return (2 * r / (1 + r).clamp_min(1e-12)).clamp(-1, 1).cpu().numpy()
 
     # -- steps ----------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ class Solver:
             (-(multiplier * gain).sum()).backward()
         return ratios
 
-    def _perturbed(self, maps: torch.Tensor, units: torch.Tensor, chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _perturbed(self, maps: torch.Tensor, units: torch.Tensor, chunk):
         """x' = x + σ⊙ε for every piece of `chunk` (maps[i], units[i] those of chunk[i]): the inputs
         (n, C, H, W), the distortion row of each (n,), and the piece of each (n,)."""
         full = self.full_resolution(maps)
@@ -318,9 +320,8 @@ def solve(distortion: Distortion, settings: SolverSettings, progress: Callable[[
     solution = solver.solve()
     if not reconstruction_samples:
         return solution
-    from dataclasses import replace
-
-    return replace(solution, reconstruction_error=solver.reconstruction_error(solution.log_sigma, reconstruction_samples))
+    errors = solver.reconstruction_error(solution.log_sigma, reconstruction_samples)
+    return replace(solution, reconstruction_error=errors)
 
 
 __all__ = ["NOISE_BLOCK", "Solver", "solve"]

@@ -13,9 +13,9 @@ from .embedded import card_images
 from .execute import solve_all
 from .foreground import Foreground
 from .images import find_images, load_images
-from .perturb import RECONSTRUCTION_FLOOR, Distortion, SolverSettings, solve
+from .perturb import RECONSTRUCTION_FLOOR, Distortion, SolverSettings, peak_memory, solve
 from .preprocess import Preprocessing
-from .results import ImageSummary, LayerResult, Report, RUResult
+from .results import RELIABILITY_FLAG, ImageSummary, LayerResult, Report, RUResult
 from .rowcache import RowCache
 from .rows import Row, SolvedRow
 from .ru import DecoderConfig, trained_decoder
@@ -81,8 +81,8 @@ def analyze(
         layers=tuple(chosen), crosscheck=session.crosscheck, batch_safe=session.conversion.batch_safe,
         passes=tuple(f"{p.name}: {p.detail}" for p in session.normalised.passes),
         images=summaries, results=tuple(results), canonical_images=tuple(i.pixels for i in session.images),
-        seconds=time.perf_counter() - start, notes=tuple(_notes(session, len(rows), from_cache, cache)),
-        cached_rows=from_cache,
+        seconds=time.perf_counter() - start, notes=tuple(_notes(session, rows, solved, from_cache, cache)),
+        cached_rows=from_cache, peak_memory=peak_memory(session.device),
     )
 
 
@@ -99,14 +99,24 @@ def _layer_result(session: Session, row: Row, solved: SolvedRow, ru: RUResult | 
         saturated_fraction=metrics.saturated_fraction(solved.log_sigma, settings.sigma_max),
         converged=solved.converged, d_over_tau=solved.d_over_tau, d_over_tau_se=solved.standard_error,
         eval_samples=solved.eval_samples, multiplier=solved.multiplier, steps=solved.steps,
-        seconds=solved.seconds, ru=ru,
+        seconds=solved.seconds, ru=ru, extra_steps=solved.extra_steps, reliability=solved.reliability,
     )
 
 
-def _notes(session: Session, rows: int, from_cache: int, cache: RowCache | None) -> list[str]:
+def _notes(session: Session, rows: Sequence[Row], solved: dict[Row, SolvedRow], from_cache: int,
+           cache: RowCache | None) -> list[str]:
     notes = []
     if from_cache:
-        notes.append(f"{from_cache} of {rows} rows from the row cache ({cache.root})")
+        notes.append(f"{from_cache} of {len(rows)} rows from the row cache ({cache.root})")
+    if any(solved[row].halvings for row in rows):
+        notes.append("out of device memory: a batch was halved and its solve went on")
+    extra = [solved[row].extra_steps for row in rows if solved[row].extra_steps]
+    if extra:
+        notes.append(f"{len(extra)} rows needed extra steps to meet the budget (up to {max(extra)})")
+    unreliable = [row for row in rows if solved[row].reliability < RELIABILITY_FLAG]
+    if unreliable:
+        notes.append(f"{len(unreliable)} maps have a split-half reliability below {RELIABILITY_FLAG}: their "
+                     "pixel structure is partly Monte Carlo noise (more samples or steps, or a coarser grid, help)")
     if cache and cache.warnings:
         notes.extend(cache.warnings)
     if not session.conversion.batch_safe:
@@ -141,10 +151,11 @@ def _reconstruction_uncertainty(session: Session, rows: Sequence[Row], settings:
     distortion = Distortion(features, session.pixels(), [row.image for row in rows], [row.layer for row in rows],
                             [image.name for image in session.images], settings.memory_format)
     total = len(rows) * settings.steps
-    solution, errors = solve(distortion, settings, lambda advance: progress("RU σ (images×layers×steps)",
-                                                                            advance * len(rows), total),
-                             decoders={name: d.module for name, d in decoders.items()},
-                             reconstruction_samples=max(256, settings.eval_samples))
+    solution = solve(distortion, settings, lambda advance: progress("RU σ (images×layers×steps)",
+                                                                    advance * len(rows), total),
+                     decoders={name: d.module for name, d in decoders.items()},
+                     reconstruction_samples=max(256, settings.eval_samples))
+    errors = solution.reconstruction_error
     results = {}
     for k, row in enumerate(rows):
         decoder = decoders[row.layer]

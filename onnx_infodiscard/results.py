@@ -12,6 +12,9 @@ from .perturb import SolverSettings
 from .output.encode import SCHEMA_VERSION
 from .preprocess import Preprocessing
 
+#: Maps whose split-half reliability is below this are flagged: their pixel structure is partly noise.
+RELIABILITY_FLAG = 0.8
+
 
 @dataclass(frozen=True)
 class RUResult:
@@ -54,6 +57,8 @@ class LayerResult:
     steps: int
     seconds: float
     ru: RUResult | None = None
+    extra_steps: int = 0  # beyond `steps`, given automatically to meet the budget
+    reliability: float = float("nan")  # split-half correlation of the map, Spearman–Brown corrected; 1 = no MC noise
 
     def to_json(self) -> dict:
         arrays = ("log_sigma", "entropy", "sensitivity", "ru")
@@ -93,6 +98,7 @@ class Report:
     notes: tuple[str, ...] = ()
     audit: tuple = ()  # audit.RuleOutcome of each --fail-if rule
     cached_rows: int = 0  # rows taken from the row cache instead of being solved
+    peak_memory: int | None = None  # bytes: peak RSS of the process (CPU) or peak allocated (CUDA)
 
     @property
     def converged(self) -> bool:
@@ -108,7 +114,7 @@ class Report:
                 "layer": layer.name, "index": layer.index, "op_type": layer.op_type, "depth": layer.depth,
                 "n_images": len(results),
                 **{key: _mean_or_none([getattr(r, key) for r in results])
-                   for key in ("cid", "delta_cid", "concentration", "d_over_tau")},
+                   for key in ("cid", "delta_cid", "concentration", "d_over_tau", "reliability")},
                 "ru": _mean_or_none([r.mean for r in ru if r.converged]) if ru else None,
                 "decoder_psnr": _mean_or_none([r.decoder_psnr for r in ru]) if ru else None,
             })
@@ -139,6 +145,7 @@ class Report:
             "notes": list(self.notes),
             "audit": self.audit_json(),
             "cached_rows": self.cached_rows,
+            "peak_memory": self.peak_memory,
         }
 
     def audit_json(self) -> dict | None:

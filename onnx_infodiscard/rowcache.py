@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .perturb import image_hash
 from .rows import Row, SolvedRow
 from .session import Session
 
@@ -34,12 +35,6 @@ PERFORMANCE_ONLY = ("max_batch", "max_memory")
 def default_root() -> Path:
     base = os.environ.get(CACHE_ENV)
     return (Path(base) if base else Path.home() / ".cache" / "onnx-infodiscard") / "rows"
-
-
-def image_digest(pixels: np.ndarray) -> str:
-    """sha256 of a canonical image's float32 bytes and shape: the same pixels, the same digest."""
-    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-    return hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
 
 
 class RowCache:
@@ -59,7 +54,7 @@ class RowCache:
         solver = {k: v for k, v in asdict(settings).items() if k not in PERFORMANCE_ONLY}
         preprocessing = {k: v for k, v in session.preprocessing.to_json().items() if k != "source"}
         identity = {
-            "model": session.loaded.sha256, "image": image_digest(session.images[row.image].pixels),
+            "model": session.loaded.sha256, "image": image_hash(session.images[row.image].pixels),
             "layer": row.layer, "preprocessing": preprocessing, "settings": solver,
             "device": session.device.type, "version": version,
         }

@@ -34,8 +34,11 @@ class SolvedRow:
     eval_samples: int
     multiplier: float  # final λ
     converged: bool
-    steps: int
+    steps: int  # of the normal schedule
     seconds: float  # this row's share of its group's solve
+    extra_steps: int = 0  # beyond `steps`, given automatically to meet the budget
+    reliability: float = float("nan")  # split-half reliability of the map (Spearman–Brown corrected)
+    halvings: int = 0  # out-of-device-memory halvings of its group's batch
 
     ARRAYS = ("log_sigma",)
 
@@ -69,7 +72,9 @@ def solve_rows(session: Session, rows: Sequence[Row], settings: SolverSettings,
             log_sigma=solution.log_sigma[k], d_over_tau=float(solution.d_over_tau[k]),
             standard_error=float(solution.standard_error[k]), eval_samples=int(solution.eval_samples[k]),
             multiplier=float(solution.multiplier[k]), converged=bool(solution.converged[k]), steps=solution.steps,
-            seconds=share,
+            seconds=share, extra_steps=int(solution.extra_steps[k]) if solution.extra_steps is not None else 0,
+            reliability=float(solution.reliability[k]) if solution.reliability is not None else float("nan"),
+            halvings=solution.halvings,
         )
         for k in range(len(rows))
     ]

@@ -29,7 +29,7 @@ CACHE_ENV = "INFODISCARD_CACHE"
 class DecoderConfig:
     """Everything that decides a decoder; part of its cache key."""
 
-    architecture: int = 2  # bumped whenever decoder_for changes, so old cache entries are not reused
+    architecture: int = 3  # bumped whenever decoder_for changes, so old cache entries are not reused
     width: int = 32
     epochs: int = 60
     batch: int = 32
@@ -114,7 +114,8 @@ def trained_decoder(
     """The cached decoder for `layer`, or a new one trained on `train_images` (N, C, H, W) in [0, 1]."""
     if len(train_images) < MIN_TRAIN_IMAGES:
         raise InputError(
-            f"{len(train_images)} training images are too few for a held-out split; give at least {MIN_TRAIN_IMAGES}"
+            f"{len(train_images)} training images are too few for a held-out split; give at least {MIN_TRAIN_IMAGES}",
+            option="train_images",
         )
     images = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32)).to(device)
     with torch.no_grad():
@@ -137,10 +138,7 @@ def _train(module: nn.Module, features: torch.Tensor, images: torch.Tensor, conf
     order = torch.randperm(len(images), generator=generator).to(images.device)
     held = max(2, int(round(config.held_out * len(images))))
     test, train = order[:held], order[held:]
-    torch.manual_seed(config.seed)
-    for parameter in module.parameters():  # deterministic start whatever ran before
-        if parameter.dim() > 1:
-            nn.init.kaiming_uniform_(parameter, a=math.sqrt(5))
+    _initialise(module, torch.Generator().manual_seed(config.seed))
     optimiser = torch.optim.Adam(module.parameters(), lr=config.lr)
     module.train()
     for epoch in range(config.epochs):
@@ -155,6 +153,22 @@ def _train(module: nn.Module, features: torch.Tensor, images: torch.Tensor, conf
     module.eval()
     with torch.no_grad():
         return float((module(features[test]) - images[test]).pow(2).mean())
+
+
+def _initialise(module: nn.Module, generator: torch.Generator) -> None:
+    """Deterministic start whatever ran before, from `generator` (never the global one): torch's
+    default Kaiming-uniform for weights (a = √5) and biases uniform in ±1/√fan_in."""
+    with torch.no_grad():
+        for layer in module.modules():
+            weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
+            if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+                continue
+            fan_in = weight[0].numel()
+            bound = math.sqrt(6 / ((1 + 5) * fan_in))  # gain √(2/(1+a²)) with a = √5, times √(3/fan_in)
+            weight.copy_(torch.rand(weight.shape, generator=generator) * 2 * bound - bound)
+            if isinstance(bias, torch.Tensor):
+                limit = 1 / math.sqrt(fan_in)
+                bias.copy_(torch.rand(bias.shape, generator=generator) * 2 * limit - limit)
 
 
 def _psnr(mse: float) -> float:

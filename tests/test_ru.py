@@ -38,8 +38,9 @@ def test_with_the_exact_inverse_as_decoder_ru_equals_cid():
     distortion = Distortion(feature, image[None], [0], ["f"])
     settings = SolverSettings(tau=TAU, sigma_max=100.0)
     cid = solve(distortion, settings)
-    ru, errors = solve(distortion, settings, decoders={"f": Inverse(torch.linalg.inv(weight), shape)},
-                       reconstruction_samples=2048)
+    ru = solve(distortion, settings, decoders={"f": Inverse(torch.linalg.inv(weight), shape)},
+               reconstruction_samples=2048)
+    errors = ru.reconstruction_error
     sigma_cid, sigma_ru = np.exp(cid.log_sigma[0]), np.exp(ru.log_sigma[0])
     assert np.median(np.abs(sigma_ru / sigma_cid - 1)) <= 0.05
     ru_mean = float(np.mean(0.5 * np.log(2 * np.pi * np.e * (errors[0] + RECONSTRUCTION_FLOOR))))

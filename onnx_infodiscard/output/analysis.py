@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import figures
+from ..results import RELIABILITY_FLAG
 from .encode import SCHEMA_VERSION, join, json_safe, json_text, safe_name, write_csv
 from .folders import write_folder
 from .html import cell, escape, head, kv, png_uri, table
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
 MARKER = "report.json"
 CSV_COLUMNS = (
     "image", "layer", "layer_index", "depth", "cid", "cid_total", "delta_cid", "concentration",
-    "saturated_fraction", "converged", "d_over_tau", "d_over_tau_se", "eval_samples", "steps", "seconds",
+    "saturated_fraction", "converged", "d_over_tau", "d_over_tau_se", "eval_samples", "steps", "extra_steps",
+    "reliability", "seconds",
 )
 RU_COLUMNS = ("ru", "ru_converged", "ru_d_over_tau", "decoder_psnr")
 
@@ -229,12 +231,16 @@ def _layer_maps(report: Report, plots: list[tuple[str, object, bytes]]) -> list[
 
 def _result_tables(report: Report) -> list[str]:
     rows = [[r.image, r.layer, r.cid, r.delta_cid, r.concentration, r.saturated_fraction,
-             "yes" if r.converged else "NOT CONVERGED", r.d_over_tau, r.d_over_tau_se, r.steps]
+             "yes" if r.converged else "NOT CONVERGED", r.d_over_tau, r.d_over_tau_se, r.steps + r.extra_steps,
+             r.reliability if not r.reliability < RELIABILITY_FLAG else f"{r.reliability:.3f} LOW"]
             for r in report.results]
     return [
         "<h2>Results per image and layer</h2>",
-        table(["image", "layer", "CID", "ΔCID", "concentration", "saturated", "converged", "D/τ", "± SE", "steps"],
-              rows, numeric={2, 3, 4, 5, 7, 8, 9},
+        f'<p class="muted">reliability: split-half correlation of the map, Spearman–Brown corrected (1 = no Monte '
+        f"Carlo noise in its pixel structure); below {RELIABILITY_FLAG} it is marked LOW.</p>",
+        table(["image", "layer", "CID", "ΔCID", "concentration", "saturated", "converged", "D/τ", "± SE", "steps",
+               "reliability"],
+              rows, numeric={2, 3, 4, 5, 7, 8, 9, 10},
               row_class=lambda k: "" if report.results[k].converged else "unconverged"),
         "<h2>Images</h2>",
         table(["image", "input CID (nats per value)", "foreground"],

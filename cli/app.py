@@ -15,7 +15,6 @@ from onnx_infodiscard_cli.commands import analyze, card, check, compare, layers,
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Measure how much of an input image's information each layer of an ONNX model discards.",
 )
 
 
@@ -28,8 +27,10 @@ def _version(value: bool) -> None:
 @app.callback(invoke_without_command=True)
 def main(
     ctx: typer.Context,
-    debug: Annotated[bool, typer.Option("--debug", help="Tracebacks, dependency warnings and a line per stage.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr; errors still print.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Tracebacks, dependency warnings and a line per stage.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress or notes on stderr; errors still print.")] = False,
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
                                           help="Print the version and exit.")] = False,
 ) -> None:

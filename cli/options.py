@@ -42,7 +42,8 @@ Preset = _choices("Preset", PRESETS)
 
 Model = Annotated[Path, typer.Argument(help="Path of the .onnx model.", show_default=False)]
 Layers = Annotated[Optional[list[str]], typer.Option(
-    "--layer", "-l", help="Layer name, index, glob or 'auto'; repeatable (default: the card's suggested layers, else auto).")]
+    "--layer", "-l",
+    help="Layer name, index, glob or 'auto'; repeatable (default: the card's suggested layers, else auto).")]
 InputShape = Annotated[Optional[str], typer.Option(
     "--input-shape", callback=validate.shape, help="Image input dims in the model's order, e.g. 1,3,224,224.")]
 InputName = Annotated[Optional[str], typer.Option("--input", help="Name of the image input (graphs with several).")]
@@ -66,7 +67,8 @@ SigmaMax = Annotated[float, typer.Option(
                                             low_open=True),
     help="Largest σ, canonical units (1 = full pixel range).")]
 Seed = Annotated[int, typer.Option(
-    callback=validate.number(f"a seed from 0 to {MAX_SEED}", 0, MAX_SEED), help="Seed of the noise; same seed, same numbers.")]
+    callback=validate.number(f"a seed from 0 to {MAX_SEED}", 0, MAX_SEED),
+    help="Seed of the noise; same seed, same numbers.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs (auto: cuda when torch sees one).")]
 PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", help="Autocast of the optimisation steps (D/τ is always measured in fp32).")]
@@ -90,6 +92,6 @@ def solver_settings(**values) -> SolverSettings:
     return settings
 
 
-def choice(value: Enum | None) -> str | None:
+def choice(value: Enum | str | None) -> str | None:
     """An Enum option's string, as the library takes it."""
-    return None if value is None else value.value
+    return value.value if isinstance(value, Enum) else value

@@ -49,18 +49,21 @@ def analyze(
         callback=validate.number("a finite scale > 0, e.g. 255", 0, low_open=True),
         help="Multiply the [0,1] image by this (e.g. 255).")] = None,
     mean: Annotated[Optional[str], typer.Option(
-        callback=validate.floats(positive=False), help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406.")] = None,
+        callback=validate.floats(positive=False),
+        help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406.")] = None,
     std: Annotated[Optional[str], typer.Option(
         callback=validate.floats(positive=True), help="Per-channel std divided by after the mean.")] = None,
     layout: Annotated[Optional[Layout], typer.Option(case_sensitive=False, help="The model's input layout.")] = None,
-    bgr: Annotated[Optional[bool], typer.Option("--bgr/--rgb", help="Feed channels as BGR.", show_default=False)] = None,
+    bgr: Annotated[Optional[bool], typer.Option(
+        "--bgr/--rgb", help="Feed channels as BGR.", show_default=False)] = None,
     fg: Fg = None,
     fg_mask: FgMask = None,
     fg_boxes: FgBoxes = None,
     input_shape: InputShape = None,
     input_name: InputName = None,
     out: Out = Path("infodiscard-report"),
-    ru: Annotated[bool, typer.Option("--ru", help="Also reconstruction uncertainty (trains or loads decoders).")] = False,
+    ru: Annotated[bool, typer.Option(
+        "--ru", help="Also reconstruction uncertainty (trains or loads decoders).")] = False,
     train_images: Annotated[Optional[Path], typer.Option(
         "--train-images", help="Decoder training images (default: the card's).")] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train decoders anew instead of using the cache.")] = False,
@@ -100,7 +103,8 @@ def _print_summary(report, folder: Path) -> None:
         console.note(note)
     table = Table(title=f"information discarding, τ={report.settings.tau} (nats per input value)")
     has_ru = any(r.ru is not None for r in report.results)
-    columns = ["layer", "depth", "CID", "ΔCID", "concentration", "D/τ", "images"] + (["RU", "PSNR dB"] if has_ru else [])
+    columns = ["layer", "depth", "CID", "ΔCID", "concentration", "D/τ", "images"]
+    columns += ["RU", "PSNR dB"] if has_ru else []
     for column in columns:
         table.add_column(column, justify="left" if column == "layer" else "right")
     for row in report.layer_means():

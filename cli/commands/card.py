@@ -27,7 +27,8 @@ def card(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Where to write the copy (default MODEL.card.onnx beside the model). Naming the model "
                             "itself replaces it.")] = None,
-    show: Annotated[bool, typer.Option("--show", help="Print the card as JSON (after the change, when there is one).")] = False,
+    show: Annotated[bool, typer.Option(
+        "--show", help="Print the card as JSON (after the change, when there is one).")] = False,
 ) -> None:
     """Show the model card, or write it into the ONNX file's metadata so the model needs no flags.
 

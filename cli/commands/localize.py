@@ -35,7 +35,8 @@ def localize(
     layer: Annotated[Optional[list[str]], typer.Option(
         "--layer", "-l", help="Layer for CID and Grad-CAM: name, index or glob; repeatable "
                               "(default: the card's deepest suggested layer).")] = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated: cid, gradcam, gradient, ig.")] = "cid,gradcam,gradient,ig",
+    methods: Annotated[str, typer.Option(
+        help="Comma-separated: cid, gradcam, gradient, ig.")] = "cid,gradcam,gradient,ig",
     controls: Annotated[str, typer.Option(
         help="Model-free controls, comma-separated: brightness, contrast, edges, center; 'none' for none.")
     ] = "brightness,contrast,edges,center",
@@ -49,7 +50,8 @@ def localize(
         callback=validate.number(f"0 (none) to {MAX_OVERLAYS} overlays", 0, MAX_OVERLAYS),
         help="Per-image overlay PNGs to draw (0: none).")] = 24,
     out: Out = Path("infodiscard-localize"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print {methods, n_images, protocol, verdict} as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print {methods, n_images, protocol, verdict} as JSON.")] = False,
 ) -> None:
     """Do the maps find the object? Localisation (IoU ≥ 0.5), pointing game and deletion AUC of CID's
     sensitivity map, Grad-CAM, gradient and integrated gradients, beside model-free controls.
@@ -74,7 +76,8 @@ def localize(
         table.add_column(column, justify="left" if column == "map" else "right")
     for m in result.methods:
         table.add_row(escape(m.name) + (" (control)" if m.control else ""), f"{m.loc_acc:.3f}", f"{m.loc_acc_se:.3f}",
-                      f"{m.best_fraction:.2f} → {m.loc_acc_best:.3f}", f"{m.pointing_acc:.3f}", f"{m.deletion_auc:.3f}")
+                      f"{m.best_fraction:.2f} → {m.loc_acc_best:.3f}", f"{m.pointing_acc:.3f}",
+                      f"{m.deletion_auc:.3f}")
     stdout.print(table)
     stdout.print(result.verdict, markup=False)
     stdout.print(f"outputs: {folder}", markup=False)

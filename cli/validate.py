@@ -15,7 +15,7 @@ MAX_STEPS = 1_000_000  # ~a day for the digits CNN on one CPU thread; more is a 
 MAX_SAMPLES = 65_536
 MAX_GRID = 4096
 MAX_SEED = 2**63 - 1  # torch.Generator takes a signed 64-bit seed
-MAX_DIM = 65_536
+MAX_DIM = 2**31 - 1  # ONNX dims are int64; the library estimates the memory of anything that fits
 MAX_OVERLAYS = 100_000
 
 

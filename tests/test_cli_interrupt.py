@@ -35,14 +35,16 @@ def _wait_for_library(pid: int, name: str, timeout: float = 120) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc to see what the process imports")
-def test_ctrl_c_while_importing(tmp_path):
+@pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGINT, 130, "error: interrupted"),
+                                                      (signal.SIGTERM, 143, "error: terminated")])
+def test_a_signal_while_importing(tmp_path, signum, code, line):
     process = subprocess.Popen([*CLI, "analyze", "--out", str(tmp_path / "r")], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=ENV)
     _wait_for_library(process.pid, "numpy")  # the first compiled dependency the app imports; torch follows
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert stderr.strip().splitlines() == ["error: interrupted"], stderr
+    assert process.returncode == code, stderr
+    assert stderr.strip().splitlines() == [line], stderr
     assert not (tmp_path / "r").exists()
 
 

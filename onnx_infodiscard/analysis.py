@@ -13,11 +13,11 @@ from .embedded import card_images
 from .execute import solve_all
 from .foreground import Foreground
 from .images import find_images, load_images
-from .perturb import RECONSTRUCTION_FLOOR, Distortion, SolverSettings, peak_memory, solve
+from .perturb import RECONSTRUCTION_FLOOR, SolverSettings, peak_memory, solve
 from .preprocess import Preprocessing
 from .results import RELIABILITY_FLAG, ImageSummary, LayerResult, Report, RUResult
 from .rowcache import RowCache
-from .rows import Row, SolvedRow
+from .rows import Row, SolvedRow, distortion
 from .ru import DecoderConfig, trained_decoder
 from .session import Session, open_session
 
@@ -148,10 +148,8 @@ def _reconstruction_uncertainty(session: Session, rows: Sequence[Row], settings:
                               session.device)
         for name, feature in features.items()
     }
-    distortion = Distortion(features, session.pixels(), [row.image for row in rows], [row.layer for row in rows],
-                            [image.name for image in session.images], settings.memory_format)
     total = len(rows) * settings.steps
-    solution = solve(distortion, settings, lambda advance: progress("RU σ (images×layers×steps)",
+    solution = solve(distortion(session, rows, settings), settings, lambda advance: progress("RU σ (images×layers×steps)",
                                                                     advance * len(rows), total),
                      decoders={name: d.module for name, d in decoders.items()},
                      reconstruction_samples=max(256, settings.eval_samples))

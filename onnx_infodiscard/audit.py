@@ -13,32 +13,29 @@ import math
 import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Union
 
-from .errors import InfodiscardError, InputError, close_matches
+from .errors import AuditFailed, InputError, NotConverged, close_matches
 
 if TYPE_CHECKING:  # analysis may import this module; no import cycle at run time
     from .results import Report
+    from .check import PreparedModel
+    from .layers import Layer
 
 METRICS = ("cid", "delta_cid", "concentration", "ru")
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 # Greedy LAYER up to the last `]` before the operator, so names that contain brackets still parse.
 _RULE = re.compile(r"^\s*([A-Za-z_]+)\s*\[(.*)\]\s*(<=|>=|<|>)\s*(\S+)\s*$")
+OPTION = "fail_if"  # the argument the rules come from, for error messages
 _EXAMPLE = "e.g. 'cid[-1] > 1.2' or 'concentration[/relu2/Relu_output_0] < 0'"
 _HOW = {
-    "concentration": "concentration needs a foreground (--fg, --fg-mask, --fg-boxes or the card's boxes)",
+    "concentration": "concentration needs a foreground (a box, a mask, a boxes CSV or the card's boxes)",
     "ru": "ru needs the reconstruction-uncertainty measurement, which this run did not make",
 }
 
 #: A per-layer table: rows with `layer` and metric means; optional `index`, `depth`, `n_images`, `model`.
 Table = Sequence[Mapping[str, object]]
-
-
-class AuditFailed(InfodiscardError):
-    """At least one `--fail-if` rule held: exit code 1 (the report is written and says which)."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -84,19 +81,20 @@ def parse_rule(text: str) -> Rule:
     """`METRIC[LAYER] OP NUMBER` -> Rule; a one-line InputError (exit 2) on anything else."""
     match = _RULE.match(text)
     if not match:
-        raise InputError(f"--fail-if {text!r}: write METRIC[LAYER] OP NUMBER, {_EXAMPLE}")
+        raise InputError(f"{text!r}: write METRIC[LAYER] OP NUMBER, {_EXAMPLE}", option=OPTION)
     metric, layer, op, number = match.groups()
     metric, layer = metric.lower(), layer.strip()
     if metric not in METRICS:
-        raise InputError(f"--fail-if {text!r}: unknown metric '{metric}'{close_matches(metric, METRICS)} (one of {', '.join(METRICS)})")
+        raise InputError(f"{text!r}: unknown metric '{metric}'{close_matches(metric, METRICS)} "
+                         f"(one of {', '.join(METRICS)})", option=OPTION)
     if not layer:
-        raise InputError(f"--fail-if {text!r}: give a layer name or index inside the brackets, {_EXAMPLE}")
+        raise InputError(f"{text!r}: give a layer name or index inside the brackets, {_EXAMPLE}", option=OPTION)
     try:
         threshold = float(number)
     except ValueError:
-        raise InputError(f"--fail-if {text!r}: '{number}' is not a number") from None
+        raise InputError(f"{text!r}: '{number}' is not a number", option=OPTION) from None
     if not math.isfinite(threshold):
-        raise InputError(f"--fail-if {text!r}: the threshold must be a finite number")
+        raise InputError(f"{text!r}: the threshold must be a finite number", option=OPTION)
     return Rule(text.strip(), metric, layer, op, threshold)
 
 
@@ -121,7 +119,8 @@ def evaluate(rules: Sequence[Rule], source: Union["Report", Table]) -> list[Rule
                 found.append(_outcome(rule, row, model))
         if not found:
             names = sorted({str(r["layer"]) for rows in tables.values() for r in rows})
-            raise InputError(f"--fail-if {rule.text!r}: unknown layer '{rule.layer}'{close_matches(rule.layer, names)}")
+            raise InputError(f"{rule.text!r}: unknown layer '{rule.layer}'{close_matches(rule.layer, names)}",
+                             option=OPTION)
         _check_measured(rule, found, tables)
         outcomes.extend(found)
     return outcomes
@@ -136,7 +135,63 @@ def raise_on_failure(outcomes: Sequence[RuleOutcome]) -> None:
     failed = failures(outcomes)
     if failed:
         listed = "; ".join(o.describe() for o in failed[:5]) + ("; ..." if len(failed) > 5 else "")
-        raise AuditFailed(f"audit failed: {len(failed)} of {len(outcomes)} --fail-if rule(s) held: {listed}")
+        raise AuditFailed(f"audit failed: {len(failed)} of {len(outcomes)} rule(s) held: {listed}")
+
+
+def audited(report: "Report", rules: Sequence[Rule]) -> "Report":
+    """The report with each rule's outcome in `report.audit` (what `compare` does for every model)."""
+    return replace(report, audit=tuple(evaluate(rules, report))) if rules else report
+
+
+def raise_verdict(outcomes: Sequence[RuleOutcome], unconverged: Sequence[str], where: str = "report") -> None:
+    """After the outputs are written: AuditFailed (exit 1) when a rule held, else NotConverged (exit 4)
+    when some `unconverged` result (`image:layer` labels) missed its budget; nothing when all is well."""
+    raise_on_failure(outcomes)
+    if unconverged:
+        shown = ", ".join(unconverged[:5]) + (", ..." if len(unconverged) > 5 else "")
+        raise NotConverged(f"{len(unconverged)} image/layer results did not converge: {shown}; "
+                           f"they are marked in the {where}; try more optimisation steps")
+
+
+def unconverged_results(report: "Report", prefix: str = "") -> list[str]:
+    """`[prefix:]image:layer (D/τ=…)` of every result that missed its budget, in report order."""
+    return [f"{prefix}{r.image}:{r.layer} (D/τ={r.d_over_tau:.3f})" for r in report.results if not r.converged]
+
+
+def layer_json(layer: "Layer") -> dict:
+    """One layer as `layers --json` and `check --json` print it (`node_name` as in report.json)."""
+    return {
+        "index": layer.index,
+        "name": layer.name,
+        "op_type": layer.op_type,
+        "node_name": layer.node_name,
+        "shape": list(layer.shape) if layer.shape else None,
+        "depth": round(layer.depth, 4),
+    }
+
+
+def check_json(prepared: "PreparedModel", tool_version: str) -> dict:
+    """The record `check --json` prints: what was converted, how, and how well it agrees with onnxruntime."""
+    normalised, crosscheck = prepared.normalised, prepared.crosscheck
+    return {
+        "tool_version": tool_version,
+        "model": str(prepared.loaded.path),
+        "sha256": prepared.loaded.sha256,
+        "opset": normalised.opset,
+        "input": {"name": normalised.input_name, "shape": list(normalised.input_shape)},
+        "passes": [{"name": p.name, "detail": p.detail} for p in normalised.passes],
+        "batch_safe": prepared.conversion.batch_safe,
+        "provider": crosscheck.provider,
+        "provider_note": crosscheck.note,
+        "tolerance": crosscheck.tolerance,
+        "layers": [
+            {**layer_json(chosen), "max_abs_error": agreement.max_abs_error, "rel_l2_error": agreement.rel_l2_error,
+             "passed": agreement.passed}
+            for chosen, agreement in zip(prepared.layers, crosscheck.layers)
+        ],
+        "seconds": round(prepared.seconds, 3),
+        "passed": crosscheck.passed,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +204,7 @@ def _tables(source) -> dict[str | None, list[Mapping]]:
     else:
         rows = [dict(row) for row in source]
     if not rows:
-        raise InputError("--fail-if: the analysis has no layers to audit")
+        raise InputError("the analysis has no layers to audit", option=OPTION)
     tables: dict[str | None, list[Mapping]] = {}
     for row in rows:
         tables.setdefault(row.get("model"), []).append(row)
@@ -172,13 +227,13 @@ def _find_layer(rule: Rule, rows: list[Mapping], raise_unknown: bool) -> Mapping
         index = int(rule.layer)
         if not -len(rows) <= index < len(rows):
             raise InputError(
-                f"--fail-if {rule.text!r}: layer index {index} is out of range; "
-                f"{len(rows)} layer(s) were chosen (0..{len(rows) - 1}, or -1 for the deepest)"
+                f"{rule.text!r}: layer index {index} is out of range; "
+                f"{len(rows)} layer(s) were chosen (0..{len(rows) - 1}, or -1 for the deepest)", option=OPTION
             )
         return rows[index]
     if raise_unknown:
-        raise InputError(f"--fail-if {rule.text!r}: unknown layer '{rule.layer}'{close_matches(rule.layer, by_name)}; "
-                         "use a chosen layer's name or its index among the chosen layers")
+        raise InputError(f"{rule.text!r}: unknown layer '{rule.layer}'{close_matches(rule.layer, by_name)}; "
+                         "use a chosen layer's name or its index among the chosen layers", option=OPTION)
     return None
 
 
@@ -200,4 +255,4 @@ def _check_measured(rule: Rule, found: list[RuleOutcome], tables: dict) -> None:
     measured = any(row.get(rule.metric) is not None for rows in tables.values() for row in rows)
     converged_somewhere = any(row.get("n_images", 1) for rows in tables.values() for row in rows)  # converged count
     if not measured and converged_somewhere:
-        raise InputError(f"--fail-if {rule.text!r}: {_HOW[rule.metric]}")
+        raise InputError(f"{rule.text!r}: {_HOW[rule.metric]}", option=OPTION)

@@ -1,4 +1,6 @@
-"""Errors a user can act on. Each carries the CLI exit code that reports it.
+"""Errors a user can act on. Each carries the CLI exit code that reports it: 1 an audit rule held,
+2 bad usage or input, 3 conversion or cross-check failure, 4 some result did not converge. (The CLI
+adds 70 for an internal error, a bug, and 130 for an interrupted run.)
 
 A library error about one argument names it by its Python name in `option` (`tau`, `max_memory`)
 and leaves it out of the message; `str(err)` reads `tau: ...` for library users, and the CLI
@@ -45,3 +47,15 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """`did you mean 'a', 'b', 'c'?` for an unknown name (empty when there is nothing close)."""
     matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.0)
     return ("; did you mean " + ", ".join(repr(m) for m in matches) + "?") if matches else ""
+
+
+class AuditFailed(InfodiscardError):
+    """At least one `--fail-if` rule held: exit code 1 (the outputs are written and say which)."""
+
+    exit_code = 1
+
+
+class NotConverged(InfodiscardError):
+    """The run finished and wrote its outputs, but some (image, layer) missed its budget: exit code 4."""
+
+    exit_code = 4

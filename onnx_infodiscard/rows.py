@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .perturb import Distortion, SolverSettings, solve
+from .perturb import Distortion, Estimate, SolverSettings, estimate, solve
 from .session import Session
 
 
@@ -58,14 +58,22 @@ def groups(rows: Sequence[Row], settings: SolverSettings) -> list[list[Row]]:
     return [list(rows[i:i + size]) for i in range(0, len(rows), size)]
 
 
+def distortion(session: Session, rows: Sequence[Row], settings: SolverSettings) -> Distortion:
+    """D of `rows` on the session's device: what the solver perturbs."""
+    features = {name: session.pipeline(name) for name in dict.fromkeys(row.layer for row in rows)}
+    return Distortion(features, session.pixels(), [row.image for row in rows], [row.layer for row in rows],
+                      [image.name for image in session.images], settings.memory_format)
+
+
+def estimate_rows(session: Session, rows: Sequence[Row], settings: SolverSettings) -> Estimate:
+    """Time and peak memory of solving `rows` here, from a short probe: what to tell a user before a long run."""
+    return estimate(distortion(session, rows, settings), settings)
+
+
 def solve_rows(session: Session, rows: Sequence[Row], settings: SolverSettings,
                progress: Callable[[int], None] | None = None) -> list[SolvedRow]:
     """Solve `rows` together on the session's device; `progress(steps)` after each step."""
-    layers = list(dict.fromkeys(row.layer for row in rows))
-    features = {name: session.pipeline(name) for name in layers}
-    distortion = Distortion(features, session.pixels(), [row.image for row in rows], [row.layer for row in rows],
-                            [image.name for image in session.images], settings.memory_format)
-    solution = solve(distortion, settings, progress)
+    solution = solve(distortion(session, rows, settings), settings, progress)
     share = solution.seconds / len(rows)
     return [
         SolvedRow(

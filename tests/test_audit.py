@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from onnx_infodiscard.audit import AuditFailed, Rule, evaluate, failures, parse_rule, parse_rules, raise_on_failure
-from onnx_infodiscard.errors import InfodiscardError, InputError
+from onnx_infodiscard.audit import Rule, evaluate, failures, parse_rule, parse_rules, raise_on_failure
+from onnx_infodiscard.errors import AuditFailed, InfodiscardError, InputError
 
 TABLE = [  # one model's per-layer means, deliberately out of graph order
     {"layer": "deep", "index": 7, "depth": 0.8, "n_images": 3, "cid": -1.2, "delta_cid": -0.3, "concentration": 0.5},

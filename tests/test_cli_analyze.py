@@ -84,7 +84,7 @@ def test_a_run_that_cannot_converge_says_so_and_exits_4(two_digits, tmp_path):
         (["--steps", "0"], ["--steps"]),
         (["--precision", "fp8"], ["--precision", "bf16"]),
         (["--memory-format", "nhwc"], ["--memory-format", "channels_last"]),
-        (["--device", "cuda"], ["cuda", "--device cpu"]),
+        (["--device", "cuda"], ["cuda", "--device"]),
         (["--fg", "0,0,500,10"], ["outside the image"]),
         (["-l", "/relu9/Relu"], ["unknown layer", "did you mean"]),
     ],

@@ -108,9 +108,9 @@ def test_cli_compare_rules_that_hold_nowhere_pass(tmp_path, two_digits):
 
 
 @pytest.mark.parametrize("args, code, words", [
-    (["--fail-if", "cid[-1] >> 1"], 2, ["error: --fail-if 'cid[-1] >> 1'", "METRIC[LAYER] OP NUMBER"]),
+    (["--fail-if", "cid[-1] >> 1"], 2, ["error: --fail-if: 'cid[-1] >> 1'", "METRIC[LAYER] OP NUMBER"]),
     (["--fail-if", "cdi[0] > 1"], 2, ["unknown metric 'cdi'", "did you mean 'cid'"]),
-    (["--steps", "0"], 2, ["--steps 0"]),
+    (["--steps", "0"], 2, ["--steps: 0"]),
 ])
 def test_cli_compare_bad_input_exit_2_before_any_work(tmp_path, args, code, words):
     result = infodiscard("compare", *map(str, SHIPPED), "--out", str(tmp_path / "cmp"), *args)

@@ -8,7 +8,7 @@
 """
 
 from .distortion import Distortion, Feature, Pipeline
-from .memory import Estimate, available_memory, estimate, peak_memory
+from .memory import Estimate, available_memory, estimate, peak_memory, usable_cores
 from .noise import NOISE_BLOCK, image_hash, row_seed
 from .settings import (
     DUAL_RATE,
@@ -25,5 +25,5 @@ from .solver import Solver, solve
 __all__ = [
     "DUAL_RATE", "LOG_SIGMA_MIN", "MEMORY_FORMATS", "NOISE_BLOCK", "PRECISIONS", "RECONSTRUCTION_FLOOR",
     "Distortion", "Estimate", "Feature", "Pipeline", "Solution", "Solver", "SolverSettings", "available_memory",
-    "estimate", "image_hash", "peak_memory", "resolve_device", "row_seed", "solve",
+    "estimate", "image_hash", "peak_memory", "resolve_device", "row_seed", "solve", "usable_cores",
 ]

@@ -9,6 +9,7 @@ costliest layer's bytes per sample.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -68,6 +69,18 @@ def available_memory(device: torch.device) -> int:
         except (OSError, ValueError):
             pass
     return max(min(candidates), 1 << 26) if candidates else 8 << 30
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (containers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def peak_memory(device: torch.device) -> int:

@@ -1,0 +1,52 @@
+"""`infodiscard check`: convert at the chosen layers and cross-check against onnxruntime."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from onnx_infodiscard import __version__, prepare
+from onnx_infodiscard.audit import check_json
+from onnx_infodiscard.crosscheck import DEFAULT_RTOL
+from onnx_infodiscard_cli import console, validate
+from onnx_infodiscard_cli.console import stdout
+from onnx_infodiscard_cli.options import InputName, InputShape, Json, Layers, Model
+
+
+def register(app: typer.Typer) -> None:
+    app.command("check")(check)
+
+
+def check(
+    model: Model,
+    layer: Layers = None,
+    input_shape: InputShape = None,
+    input_name: InputName = None,
+    tolerance: Annotated[float, typer.Option(
+        callback=validate.number(f"a finite relative error > 0 (default {DEFAULT_RTOL:g})", 0, low_open=True),
+        help="Largest relative L2 error accepted against onnxruntime.")] = DEFAULT_RTOL,
+    as_json: Json = False,
+) -> None:
+    """Convert the model at the chosen layers and cross-check every feature against onnxruntime."""
+    prepared = prepare(model, layer or ["auto"], input_name, input_shape, tolerance=tolerance)
+    if as_json:
+        print(json.dumps(check_json(prepared, __version__), indent=2))
+        return
+    for applied in prepared.normalised.passes:
+        console.dim(f"normalise: {applied.name}: {applied.detail}")
+    if not prepared.conversion.batch_safe:
+        console.note("this graph mixes samples within a batch; the analysis runs one sample at a time")
+    console.dim(prepared.crosscheck.note)
+    table = Table(title=escape(f"cross-check against onnxruntime ({prepared.crosscheck.provider})"))
+    for column in ("index", "layer", "op", "max abs err", "rel L2 err", "ok"):
+        table.add_column(column)
+    for chosen, agreement in zip(prepared.layers, prepared.crosscheck.layers):
+        table.add_row(
+            str(chosen.index), escape(chosen.name), escape(chosen.op_type), f"{agreement.max_abs_error:.2e}",
+            f"{agreement.rel_l2_error:.2e}", "yes" if agreement.passed else "NO",
+        )
+    stdout.print(table)

@@ -1,0 +1,92 @@
+"""`infodiscard compare`: the same images through every model, aligned by relative depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from onnx_infodiscard import Foreground
+from onnx_infodiscard.audit import parse_rules, raise_verdict, unconverged_results
+from onnx_infodiscard.compare import compare as run_compare
+from onnx_infodiscard.output import check_output_folder, json_text
+from onnx_infodiscard.output.comparison import write_comparison
+from onnx_infodiscard_cli.console import fmt, stage_progress, stdout
+from onnx_infodiscard_cli.options import (
+    SOLVER, DeviceOpt, FailIf, Fg, FgBoxes, FgMask, Grid, MaxMemory, NewSubfolder, NoCache, Out, Ray, Samples, Seed,
+    Steps, Tau, choice, row_cache, solver_settings,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)
+
+
+def compare(
+    models: Annotated[list[Path], typer.Argument(help="Two or more .onnx models.", show_default=False)],
+    images: Annotated[Optional[list[Path]], typer.Option(
+        "--images", "-i", help="Image files or folders, the same for every model; repeatable "
+                               "(default: the folder every model's card names).")] = None,
+    layers: Annotated[Optional[list[str]], typer.Option(
+        "--layers", "--layer", "-l", help="Layer name, index, glob or 'auto', the same for every model; repeatable "
+                                          "(default: each card's suggested layers, else auto).")] = None,
+    tau: Tau = SOLVER.tau,
+    steps: Steps = SOLVER.steps,
+    samples: Samples = SOLVER.samples,
+    seed: Seed = SOLVER.seed,
+    grid: Grid = SOLVER.grid,
+    device: DeviceOpt = "auto",
+    fg: Fg = None,
+    fg_mask: FgMask = None,
+    fg_boxes: FgBoxes = None,
+    fail_if: FailIf = None,
+    out: Out = Path("infodiscard-compare"),
+    max_memory: MaxMemory = None,
+    no_cache: NoCache = False,
+    ray: Ray = None,
+    new_subfolder: NewSubfolder = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison table and audit as JSON.")] = False,
+) -> None:
+    """Run the same images through every model and compare CID and concentration by relative depth.
+
+    Writes comparison.json (table, depth alignment, audit outcomes, each model's summary),
+    comparison.csv, comparison.png and a self-contained comparison.html. Exit code 1 when a
+    --fail-if rule holds (the outputs are still written and list the outcomes), else 4 when some
+    image and layer did not converge, else 0.
+    """
+    settings = solver_settings(tau=tau, steps=steps, samples=samples, seed=seed, grid=grid, max_memory=max_memory)
+    rules = parse_rules(fail_if)
+    cache = row_cache(no_cache)
+    inputs = [*models, *(images or []), fg_mask, fg_boxes, cache and cache.root]
+    out = check_output_folder(out, [p for p in inputs if p is not None], new_subfolder=new_subfolder)
+    foreground = Foreground.parse(fg, fg_mask, fg_boxes)
+    with stage_progress(as_json) as progress:
+        comparison = run_compare(models, images, layers, settings=settings, foreground=foreground,
+                                 device=choice(device), rules=rules, cache=cache, ray=ray, progress=progress)
+    folder = write_comparison(comparison, out, new_subfolder=new_subfolder)
+    if as_json:
+        data = comparison.to_json()
+        print(json_text({k: data[k] for k in ("models", "converged", "table", "audit")} | {"out": str(folder)}), end="")
+    else:
+        _print_table(comparison, folder)
+    unconverged = [label for name, report in zip(comparison.models, comparison.reports)
+                   for label in unconverged_results(report, f"{name}:")]
+    raise_verdict(comparison.outcomes, unconverged, "comparison")
+
+
+def _print_table(comparison, folder: Path) -> None:
+    table = Table(title=f"information discarding by relative depth, τ={comparison.reports[0].settings.tau} "
+                        "(nats per input value)")
+    for column in ("model", "layer", "depth", "CID", "ΔCID", "concentration", "converged"):
+        table.add_column(column, justify="left" if column in ("model", "layer") else "right")
+    for r in sorted(comparison.rows, key=lambda r: (r.depth, comparison.models.index(r.model))):
+        table.add_row(escape(r.model), escape(r.layer), f"{r.depth:.2f}", fmt(r.cid), fmt(r.delta_cid),
+                      fmt(r.concentration), f"{r.n_converged}/{r.n_images}")
+    stdout.print(table)
+    for outcome in comparison.outcomes:
+        style = "red" if outcome.failed else "green"
+        stdout.print(f"[{style}]audit: {escape(outcome.describe())}[/{style}]")
+    stdout.print(f"comparison: {folder / 'comparison.html'}", markup=False)

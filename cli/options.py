@@ -89,7 +89,7 @@ NoCache = Annotated[bool, typer.Option(
     "--no-cache", help="Neither read nor write the row cache (~/.cache/onnx-infodiscard/rows, or $INFODISCARD_CACHE).")]
 Ray = Annotated[Optional[str], typer.Option(
     "--ray", help="Solve the rows on Ray: 'auto' (a running cluster, else a local one) or a cluster address "
-                  "(pip install 'onnx-infodiscard[ray]').")]
+                  "(pip install 'onnx-infodiscard\\[ray]').")]
 MaxMemory = Annotated[Optional[str], typer.Option(
     "--max-memory", callback=validate.memory,
     help="Memory budget of the solve, e.g. 4GB (default: half of what the process may use, CPU or GPU).")]

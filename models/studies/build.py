@@ -40,9 +40,9 @@ from torch.nn.utils import prune
 HERE = Path(__file__).resolve().parent
 ZOO = HERE / "zoo"
 SEEDS = (0, 1, 2)
-N_TRAIN = 4000  # fixed training images (full difficulty), generated once
-N_WARMUP = 2000  # easier images (difficulty 0.5) for the first epoch only
-EPOCHS = 6
+N_TRAIN = 3000  # fixed training images (full difficulty), generated once
+N_WARMUP = 1500  # easier images (difficulty 0.5) for the first epoch only
+EPOCHS = 5
 FINETUNE_EPOCHS = 1
 BATCH = 32
 LR = 3e-3

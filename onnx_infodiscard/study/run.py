@@ -1,0 +1,142 @@
+"""Run a study: analyse every model on the same images, measure accuracy, answer each hypothesis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .spec import ModelEntry, Study
+from .stats import HypothesisResult, ModelMetrics, evaluate_hypothesis
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """Every hypothesis answered, with the models' accuracy and the settings that produced it."""
+
+    study: Study = field(repr=False)
+    images: tuple[str, ...]
+    settings: dict  # SolverSettings as a dict (tau, steps, ...)
+    models: tuple[ModelMetrics, ...] = field(repr=False)
+    accuracy: dict  # model name -> accuracy on the study's images (empty without labels)
+    results: tuple[HypothesisResult, ...]
+    seed: int
+    converged_only: bool = True
+    seconds: float = 0.0
+    analysis_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "kind": "study", "study": str(self.study.path), "title": self.study.title,
+            "images": list(self.images), "settings": self.settings, "bootstrap_seed": self.seed,
+            "converged_only": self.converged_only,
+            "groups": {g: [m.name for m in ms] for g, ms in self.study.groups.items()},
+            "accuracy": {k: round(v, 6) for k, v in self.accuracy.items()},
+            "layers": {m.name: [{"layer": n, "depth": round(d, 6)} for n, d in zip(m.layers, m.depths)]
+                       for m in self.models},
+            "hypotheses": [r.to_json() for r in self.results],
+            "seconds": round(self.seconds, 3), "analysis_seconds": round(self.analysis_seconds, 3),
+        }
+
+
+def metrics_from_report(name: str, group: str, report, correct: np.ndarray | None = None,
+                        converged_only: bool = True) -> ModelMetrics:
+    """`ModelMetrics` from an `analysis.Report`: per layer and image; NaN where the row did not
+    converge (unless `converged_only` is False: a smoke run with few steps)."""
+    layers = [layer.name for layer in report.layers]
+    images = [image.name for image in report.images]
+    depth = {layer.name: float(layer.depth) for layer in report.layers}
+    values = {k: np.full((len(layers), len(images)), np.nan) for k in ("cid", "delta_cid", "concentration", "ru")}
+    for r in report.results:
+        if converged_only and not r.converged:
+            continue
+        i, j = layers.index(r.layer), images.index(r.image)
+        values["cid"][i, j], values["delta_cid"][i, j] = r.cid, r.delta_cid
+        if r.concentration is not None:
+            values["concentration"][i, j] = r.concentration
+        if r.ru is not None and (r.ru.converged or not converged_only):
+            values["ru"][i, j] = r.ru.mean
+    return ModelMetrics(name, group, tuple(layers), tuple(depth[n] for n in layers), values, correct)
+
+
+def answer(study: Study, models: Sequence[ModelMetrics], rng: np.random.Generator,
+           n_boot: int | None = None) -> tuple[HypothesisResult, ...]:
+    """Every hypothesis of `study` on already computed per-model metrics (no analysis here)."""
+    return tuple(evaluate_hypothesis(h, models, rng, n_boot or study.bootstrap) for h in study.hypotheses)
+
+
+def run_study(
+    study: Study,
+    *,
+    settings=None,
+    max_images: int | None = None,
+    device: str = "auto",
+    rng: np.random.Generator | None = None,
+    converged_only: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> StudyResult:
+    """Analyse each model (its card, the entry's overrides, the study's τ/steps) on the study's
+    images (the first `max_images`), measure accuracy with onnxruntime when labels are given, and
+    answer every hypothesis with a bootstrap over images and models (`rng`, default seeded by the
+    study's `seed`). Rows that did not converge count as missing unless `converged_only` is False."""
+    from ..analysis import Foreground, analyze
+    from ..perturb import SolverSettings
+
+    start = time.perf_counter()
+    settings = _settings(study, settings or SolverSettings())
+    images = list(study.images[:max_images] if max_images else study.images)
+    if len(images) < 2:
+        raise InputError("a study needs at least 2 images to resample", option="max_images")
+    labels = _labels(study)
+    foreground = Foreground(boxes_csv=study.foreground) if study.foreground else None
+    metrics, accuracy = [], {}
+    for k, entry in enumerate(study.models):
+        advance = (lambda stage, a, t, name=entry.name: progress(f"{name}: {stage}", a, t)) if progress else None
+        report = analyze(entry.path, images, list(entry.layers or study.layers or []) or None, settings=settings,
+                         preprocessing_overrides=entry.preprocessing or None, foreground=foreground, device=device,
+                         input_name=entry.input_name, ru=study.ru, progress=advance)
+        correct = None
+        if labels is not None:
+            acc = _accuracy(entry, images, labels)
+            accuracy[entry.name] = acc.accuracy
+            correct = _aligned(acc, [r.name for r in report.images])
+        metrics.append(metrics_from_report(entry.name, entry.group, report, correct, converged_only))
+    analysed = time.perf_counter() - start
+    rng = rng if rng is not None else np.random.default_rng(study.seed)
+    results = answer(study, metrics, rng)
+    from dataclasses import asdict
+
+    return StudyResult(study, tuple(p.name for p in images), asdict(settings), tuple(metrics), accuracy, results,
+                       study.seed, converged_only, time.perf_counter() - start, analysed)
+
+
+def _settings(study: Study, settings):
+    changes = {k: v for k, v in (("tau", study.tau), ("steps", study.steps), ("samples", study.samples))
+               if v is not None}
+    settings = replace(settings, **changes)
+    settings.validate()
+    return settings
+
+
+def _labels(study: Study):
+    if study.labels is None:
+        return None
+    from ..accuracy import read_labels
+
+    return read_labels(study.labels)
+
+
+def _accuracy(entry: ModelEntry, images: Sequence[Path], labels):
+    from ..accuracy import accuracy
+
+    return accuracy(entry.path, images, labels, input_name=entry.input_name,
+                    preprocessing_overrides=entry.preprocessing or None)
+
+
+def _aligned(acc, names: Sequence[str]) -> np.ndarray:
+    correct = dict(zip(acc.images, acc.correct))
+    return np.array([bool(correct[n]) for n in names])

@@ -93,10 +93,11 @@ def run_study(
         raise InputError("a study needs at least 2 images to resample", option="max_images")
     labels = _labels(study)
     foreground = Foreground(boxes_csv=study.foreground) if study.foreground else None
+    plan = [layers_near(entry, study.layers, needed_depths(study)) for entry in study.models]  # fails early
     metrics, accuracy = [], {}
-    for k, entry in enumerate(study.models):
+    for entry, chosen in zip(study.models, plan):
         advance = (lambda stage, a, t, name=entry.name: progress(f"{name}: {stage}", a, t)) if progress else None
-        report = analyze(entry.path, images, list(entry.layers or study.layers or []) or None, settings=settings,
+        report = analyze(entry.path, images, chosen, settings=settings,
                          preprocessing_overrides=entry.preprocessing or None, foreground=foreground, device=device,
                          input_name=entry.input_name, ru=study.ru, progress=advance)
         correct = None
@@ -112,6 +113,38 @@ def run_study(
 
     return StudyResult(study, tuple(p.name for p in images), asdict(settings), tuple(metrics), accuracy, results,
                        study.seed, converged_only, time.perf_counter() - start, analysed)
+
+
+def needed_depths(study: Study) -> tuple[float, ...]:
+    """The relative depths the hypotheses name (and the study's `depths`): only those layers are analysed."""
+    found = [d for h in study.hypotheses for d in (h.depth, h.depth2) if d is not None]
+    return tuple(sorted(set(found) | set(study.depths or ())))
+
+
+def layers_near(entry: ModelEntry, study_layers, depths: Sequence[float]) -> list[str]:
+    """Of the candidate layers (the entry's, the study's, else the card's suggested layers, else every
+    activation), the one nearest each depth, by the same relative depth `analyze` reports."""
+    from ..layers import list_layers
+    from ..load import load_model
+    from ..normalise import normalise
+    from ..preprocess import read_card
+
+    loaded = load_model(entry.path)
+    every = list_layers(normalise(loaded.proto, entry.input_name))
+    wanted = entry.layers or study_layers or read_card(entry.path, loaded.proto).get("suggested_layers")
+    by_name = {layer.name: layer for layer in every}
+    if wanted:
+        unknown = [name for name in wanted if name not in by_name]
+        if unknown:
+            from ..errors import close_matches
+
+            raise InputError(f"{entry.path.name}: no layer {unknown[0]!r}{close_matches(unknown[0], by_name)}",
+                             option="layers")
+        candidates = [by_name[name] for name in wanted]
+    else:
+        candidates = [layer for layer in every if layer.activation] or every
+    picked = [min(candidates, key=lambda c: (abs(c.depth - d), c.depth)).name for d in depths]
+    return list(dict.fromkeys(picked))
 
 
 def _settings(study: Study, settings):

@@ -7,12 +7,14 @@ names, every metric, the images, and that the labels cover every image.
     images = "images"                  # folder or list, relative to the TOML
     labels = "images/boxes.csv"        # file,label (index or class name); optional
     foreground = "images/boxes.csv"    # boxes CSV for concentration; optional
-    tau = 0.1                          # optional: steps, samples, seed, bootstrap, ru
+    tau = 0.1                          # optional: steps, samples, seed, bootstrap, ru, layers, depths
     hypotheses = ["cid[1.0] deep > shallow", "concentration[0.5] ~ accuracy"]
 
     [groups.deep]
     models = ["deep_s0.onnx", {path = "x.onnx", layout = "nhwc", preprocessing = {scale = 255.0}}]
 
+Each model is analysed only at its layers nearest the depths the hypotheses name (and `depths`),
+chosen among the entry's `layers`, the study's `layers`, else the card's `suggested_layers`.
 Top-level keys go before the first `[groups.*]` table (TOML puts later keys inside that table).
 """
 
@@ -26,7 +28,7 @@ from pathlib import Path
 from ..errors import InputError, close_matches
 
 METRICS = ("cid", "delta_cid", "concentration", "ru")
-TOP_KEYS = {"images", "labels", "foreground", "layers", "tau", "steps", "samples", "seed", "bootstrap", "ru",
+TOP_KEYS = {"images", "labels", "foreground", "layers", "depths", "tau", "steps", "samples", "seed", "bootstrap", "ru",
             "hypotheses", "groups", "title"}
 MODEL_KEYS = {"path", "name", "input", "layout", "preprocessing", "layers"}
 PREPROCESSING_KEYS = {"preset", "scale", "mean", "std", "bgr"}
@@ -80,6 +82,7 @@ class Study:
     labels: Path | None = None
     foreground: Path | None = None
     layers: tuple[str, ...] | None = None
+    depths: tuple[float, ...] = ()  # extra relative depths to analyse besides the hypotheses' own
     tau: float | None = None
     steps: int | None = None
     samples: int | None = None
@@ -172,6 +175,7 @@ def read_study(path: str | Path) -> Study:
     return Study(
         path=path.resolve(), groups=groups, images=images, hypotheses=hypotheses, labels=labels,
         foreground=foreground, layers=tuple(_strings(path, "layers", layers)) if layers else None,
+        depths=_depths(path, data.get("depths", [])),
         tau=_number(path, data, "tau", float), steps=_number(path, data, "steps", int),
         samples=_number(path, data, "samples", int), seed=_number(path, data, "seed", int) or 0,
         bootstrap=_number(path, data, "bootstrap", int) or 2000, ru=ru, title=str(data.get("title", "")),
@@ -239,6 +243,14 @@ def _check_needs(path, hypotheses, labels, foreground, images) -> None:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise InputError(f"{labels}: no label for {len(missing)} of {len(images)} images ({shown}); add a "
                              "file,label row for each", option="labels")
+
+
+def _depths(path: Path, value) -> tuple[float, ...]:
+    ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+                                         for v in value)
+    if not ok:
+        raise InputError(f"{path}: depths must be a list of relative depths in [0, 1]", option="groups")
+    return tuple(float(v) for v in value)
 
 
 def _file(path: Path, root: Path, data: dict, key: str) -> Path | None:

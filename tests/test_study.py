@@ -200,3 +200,15 @@ def test_small_study_end_to_end(tmp_path):
     assert {p.name for p in written} >= {"study.json", "study.csv", "study.html"}
     assert written[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert answer(study, result.models, np.random.default_rng(0))[0].effect == pytest.approx(r.effect)
+
+
+def test_unknown_layer_fails_before_any_analysis(tmp_path, monkeypatch):
+    import onnx_infodiscard.analysis as analysis
+    from onnx_infodiscard.study import run_study
+
+    body = GOOD.replace("hypotheses", 'layers = ["/relu9/Relu_output_0"]\nhypotheses')
+    study = read_study(write_study_toml(tmp_path, body))
+    monkeypatch.setattr(analysis, "analyze", lambda *a, **k: pytest.fail("analysis ran"))
+    with pytest.raises(InputError, match="no layer '/relu9/Relu_output_0'; did you mean") as err:
+        run_study(study, max_images=2, device="cpu")
+    assert err.value.option == "layers"

@@ -183,7 +183,7 @@ def test_accuracy_equals_direct_onnxruntime_count(tmp_path):
         accuracy(MODEL, files, read_labels(names))
 
 
-def test_small_study_end_to_end(tmp_path):
+def test_small_study_end_to_end(tmp_path, monkeypatch):
     from onnx_infodiscard.perturb import SolverSettings
     from onnx_infodiscard.study import run_study
 
@@ -191,7 +191,8 @@ def test_small_study_end_to_end(tmp_path):
     body = body.replace("hypotheses", 'layers = ["/relu2/Relu_output_0", "/relu6/Relu_output_0"]\nhypotheses')
     study = read_study(write_study_toml(tmp_path, body))
     result = run_study(study, settings=SolverSettings(steps=3, eval_samples=16, max_eval_samples=16), max_images=2,
-                       device="cpu", rng=np.random.default_rng(0), converged_only=False)
+                       device="cpu", rng=np.random.default_rng(0), converged_only=False,
+                       cache_dir=tmp_path / "cache")
     (r,) = result.results
     assert r.effect == pytest.approx(0.0, abs=0.2)  # the same network twice, same images
     assert set(result.accuracy) == {"cluttered_digits", "again"}
@@ -200,6 +201,12 @@ def test_small_study_end_to_end(tmp_path):
     assert {p.name for p in written} >= {"study.json", "study.csv", "study.html"}
     assert written[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert answer(study, result.models, np.random.default_rng(0))[0].effect == pytest.approx(r.effect)
+    import onnx_infodiscard.analysis as analysis
+
+    monkeypatch.setattr(analysis, "analyze", lambda *a, **k: pytest.fail("the cache was not used"))
+    again = run_study(study, settings=SolverSettings(steps=3, eval_samples=16, max_eval_samples=16), max_images=2,
+                      device="cpu", rng=np.random.default_rng(0), converged_only=False, cache_dir=tmp_path / "cache")
+    assert again.results[0].effect == pytest.approx(r.effect) and again.accuracy == result.accuracy
 
 
 def test_unknown_layer_fails_before_any_analysis(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-eval-samples", type=int, default=4096)
     parser.add_argument("--all-rows", action="store_true", help="keep rows that did not converge")
     parser.add_argument("--out", default="study_out")
+    parser.add_argument("--cache", default=None, help="folder of per-model results shared by runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -38,7 +39,8 @@ def main(argv=None) -> int:
         settings = SolverSettings(steps=args.steps, samples=args.samples, eval_samples=args.eval_samples,
                                   max_eval_samples=args.max_eval_samples)
         result = run_study(study, settings=settings, max_images=args.max_images, device="cpu",
-                           rng=np.random.default_rng(study.seed), converged_only=not args.all_rows)
+                           rng=np.random.default_rng(study.seed), converged_only=not args.all_rows,
+                           cache_dir=args.cache)
     except InfodiscardError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
         print(f"  accuracy {name}: {acc:.3f}")
     for r in result.results:
         print(f"{r.hypothesis.text:60s} effect {r.effect:+.4f} CI [{r.low:+.4f}, {r.high:+.4f}] {r.verdict}"
-              f" (missing {r.n_missing})")
+              f" (missing {r.n_missing}, unconverged {r.n_unconverged})")
     return 0
 
 

@@ -51,16 +51,17 @@ def metrics_from_report(name: str, group: str, report, correct: np.ndarray | Non
     images = [image.name for image in report.images]
     depth = {layer.name: float(layer.depth) for layer in report.layers}
     values = {k: np.full((len(layers), len(images)), np.nan) for k in ("cid", "delta_cid", "concentration", "ru")}
+    converged = np.zeros((len(layers), len(images)), bool)
     for r in report.results:
-        if converged_only and not r.converged:
-            continue
         i, j = layers.index(r.layer), images.index(r.image)
+        converged[i, j] = r.converged
         values["cid"][i, j], values["delta_cid"][i, j] = r.cid, r.delta_cid
         if r.concentration is not None:
             values["concentration"][i, j] = r.concentration
-        if r.ru is not None and (r.ru.converged or not converged_only):
+        if r.ru is not None:
             values["ru"][i, j] = r.ru.mean
-    return ModelMetrics(name, group, tuple(layers), tuple(depth[n] for n in layers), values, correct)
+    metrics = ModelMetrics(name, group, tuple(layers), tuple(depth[n] for n in layers), values, correct, converged)
+    return metrics.only_converged() if converged_only else metrics
 
 
 def answer(study: Study, models: Sequence[ModelMetrics], rng: np.random.Generator,
@@ -77,35 +78,33 @@ def run_study(
     device: str = "auto",
     rng: np.random.Generator | None = None,
     converged_only: bool = True,
+    cache_dir: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> StudyResult:
     """Analyse each model (its card, the entry's overrides, the study's τ/steps) on the study's
     images (the first `max_images`), measure accuracy with onnxruntime when labels are given, and
     answer every hypothesis with a bootstrap over images and models (`rng`, default seeded by the
-    study's `seed`). Rows that did not converge count as missing unless `converged_only` is False."""
-    from ..analysis import Foreground, analyze
+    study's `seed`). Rows that did not converge count as missing unless `converged_only` is False.
+    With `cache_dir`, each model's per-image metrics are kept there (keyed by the model file's
+    hash, the images, layers, settings and foreground), so a re-run only analyses what changed and
+    several processes can share the work."""
     from ..perturb import SolverSettings
 
     start = time.perf_counter()
     settings = _settings(study, settings or SolverSettings())
-    images = list(study.images[:max_images] if max_images else study.images)
+    images = spread(study.images, max_images)
     if len(images) < 2:
         raise InputError("a study needs at least 2 images to resample", option="max_images")
     labels = _labels(study)
-    foreground = Foreground(boxes_csv=study.foreground) if study.foreground else None
     plan = [layers_near(entry, study.layers, needed_depths(study)) for entry in study.models]  # fails early
     metrics, accuracy = [], {}
     for entry, chosen in zip(study.models, plan):
         advance = (lambda stage, a, t, name=entry.name: progress(f"{name}: {stage}", a, t)) if progress else None
-        report = analyze(entry.path, images, chosen, settings=settings,
-                         preprocessing_overrides=entry.preprocessing or None, foreground=foreground, device=device,
-                         input_name=entry.input_name, ru=study.ru, progress=advance)
-        correct = None
-        if labels is not None:
-            acc = _accuracy(entry, images, labels)
-            accuracy[entry.name] = acc.accuracy
-            correct = _aligned(acc, [r.name for r in report.images])
-        metrics.append(metrics_from_report(entry.name, entry.group, report, correct, converged_only))
+        cached = analyse_entry(study, entry, images, settings, chosen, labels, device=device, cache_dir=cache_dir,
+                               progress=advance)
+        if cached.correct is not None:
+            accuracy[entry.name] = float(np.mean(cached.correct))
+        metrics.append(cached.only_converged() if converged_only else cached)
     analysed = time.perf_counter() - start
     rng = rng if rng is not None else np.random.default_rng(study.seed)
     results = answer(study, metrics, rng)
@@ -113,6 +112,68 @@ def run_study(
 
     return StudyResult(study, tuple(p.name for p in images), asdict(settings), tuple(metrics), accuracy, results,
                        study.seed, converged_only, time.perf_counter() - start, analysed)
+
+
+def analyse_entry(study: Study, entry: ModelEntry, images: Sequence[Path], settings, layers: Sequence[str],
+                  labels=None, *, device: str = "auto", cache_dir=None, progress=None) -> ModelMetrics:
+    """One model's metrics at `layers` on `images` (every row kept, with its converged flag) and its
+    per-image correctness; from `cache_dir` when an identical run is there, else analysed and stored."""
+    from ..analysis import Foreground, analyze
+
+    key = _cache_key(entry, images, layers, settings, study)
+    cached = _load(cache_dir, key, entry) if cache_dir else None
+    if cached is not None:
+        return cached
+    foreground = Foreground(boxes_csv=study.foreground) if study.foreground else None
+    report = analyze(entry.path, list(images), list(layers), settings=settings,
+                     preprocessing_overrides=entry.preprocessing or None, foreground=foreground,
+                     device=device, input_name=entry.input_name, ru=study.ru, progress=progress)
+    correct = None
+    if labels is not None:
+        correct = _aligned(_accuracy(entry, images, labels), [r.name for r in report.images])
+    metrics = metrics_from_report(entry.name, entry.group, report, correct, converged_only=False)
+    if cache_dir:
+        _save(cache_dir, key, metrics)
+    return metrics
+
+
+def spread(images: Sequence[Path], count: int | None) -> list[Path]:
+    """`count` images evenly spaced over the sorted list (every class, when files are grouped by class)."""
+    if not count or count >= len(images):
+        return list(images)
+    return [images[int(i)] for i in np.linspace(0, len(images) - 1, count).round()]
+
+
+def _cache_key(entry: ModelEntry, images, layers, settings, study: Study) -> str:
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    blob = json.dumps({"model": hashlib.sha256(entry.path.read_bytes()).hexdigest(), "images": [str(p) for p in images],
+                       "layers": list(layers), "settings": asdict(settings), "prep": entry.preprocessing,
+                       "input": entry.input_name, "fg": str(study.foreground), "labels": str(study.labels),
+                       "ru": study.ru}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _save(cache_dir, key: str, m: ModelMetrics) -> None:
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f"{key}.tmp.npz"
+    np.savez(partial, layers=np.array(m.layers), depths=np.array(m.depths), converged=m.converged,
+             correct=np.array([]) if m.correct is None else m.correct, **{f"v_{k}": v for k, v in m.values.items()})
+    partial.replace(folder / f"{key}.npz")
+
+
+def _load(cache_dir, key: str, entry: ModelEntry) -> ModelMetrics | None:
+    path = Path(cache_dir) / f"{key}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        values = {k[2:]: data[k] for k in data.files if k.startswith("v_")}
+        correct = data["correct"].astype(bool) if data["correct"].size else None
+        return ModelMetrics(entry.name, entry.group, tuple(str(v) for v in data["layers"]),
+                            tuple(float(v) for v in data["depths"]), values, correct, data["converged"])
 
 
 def needed_depths(study: Study) -> tuple[float, ...]:

@@ -30,6 +30,17 @@ class ModelMetrics:
     depths: tuple[float, ...]  # relative depth of each layer, 0 input .. 1 deepest tensor
     values: dict = field(repr=False)  # metric -> float array (n_layers, n_images), nats per input value
     correct: np.ndarray | None = field(default=None, repr=False)  # bool (n_images,), or None without labels
+    converged: np.ndarray | None = field(default=None, repr=False)  # bool (n_layers, n_images); None: all
+
+    def only_converged(self) -> ModelMetrics:
+        """These metrics with NaN wherever the row did not converge."""
+        if self.converged is None:
+            return self
+        values = {k: np.where(self.converged, v, np.nan) for k, v in self.values.items()}
+        return ModelMetrics(self.name, self.group, self.layers, self.depths, values, self.correct, self.converged)
+
+    def converged_at(self, depth: float) -> np.ndarray:
+        return np.ones(len(self.values["cid"][0]), bool) if self.converged is None else self.converged[self.layer_at(depth)]
 
     def layer_at(self, depth: float) -> int:
         """The analysed layer nearest `depth` (the shallower one on a tie)."""
@@ -57,13 +68,14 @@ class HypothesisResult:
     replicates: np.ndarray = field(repr=False)  # the B bootstrap effects (NaN dropped)
     n_boot: int = 0
     n_missing: int = 0  # (model, image) values left out: the row did not converge, or no foreground
+    n_unconverged: int = 0  # (model, image) values whose rows did not converge (left out or, if kept, counted)
 
     def to_json(self) -> dict:
         h = self.hypothesis
         return {"hypothesis": h.text, "kind": h.kind, "metric": h.metric, "depth": h.depth, "depth2": h.depth2,
                 "expected_sign": "+" if h.sign > 0 else "-", "effect": _round(self.effect), "ci_low": _round(self.low),
                 "ci_high": _round(self.high), "level": LEVEL, "verdict": self.verdict, "n_images": self.n_images,
-                "n_boot": self.n_boot, "n_missing": self.n_missing, "models": self.models, "layers": self.layers,
+                "n_boot": self.n_boot, "n_missing": self.n_missing, "n_unconverged": self.n_unconverged, "models": self.models, "layers": self.layers,
                 "per_model": {k: _round(v) for k, v in self.per_model.items()},
                 "accuracy": {k: _round(v) for k, v in self.accuracy.items()}}
 
@@ -108,6 +120,7 @@ def evaluate_hypothesis(h: Hypothesis, models: Sequence[ModelMetrics], rng: np.r
         per_model={m.name: float(means[index[m.name]]) for m in chosen},
         accuracy=({m.name: float(np.mean(m.correct)) for m in chosen} if h.kind == "correlation" else {}),
         replicates=boot, n_boot=n_boot, n_missing=int((~np.isfinite(values)).sum()),
+        n_unconverged=int(sum((~_converged(h, m)).sum() for m in chosen)),
     )
 
 
@@ -129,6 +142,11 @@ def _per_image(h: Hypothesis, m: ModelMetrics) -> np.ndarray:
     if h.kind == "depths":
         return m.per_image(h.metric, h.depth) - m.per_image(h.metric, h.depth2)
     return m.per_image(h.metric, h.depth)
+
+
+def _converged(h: Hypothesis, m: ModelMetrics) -> np.ndarray:
+    ok = m.converged_at(h.depth)
+    return ok & m.converged_at(h.depth2) if h.kind == "depths" else ok
 
 
 def _layer_text(h: Hypothesis, m: ModelMetrics) -> str:

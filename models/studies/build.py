@@ -1,11 +1,12 @@
 """Deterministic build of the model-zoo study (issue #17): small CNNs trained on cluttered digits.
 
-Run from the repository root (about half an hour on one busy CPU thread; see README.md):
+Run from the repository root (about 40 minutes on a shared, busy CPU thread; see README.md):
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python models/studies/build.py
 
 Trains, for each of SEEDS, on the cluttered-digits data of ``models/cluttered_digits/build.py``
-(imported, not copied: the same digits split, photos, distractors, normalisation):
+(imported, not copied: the same digits split, photos, distractors, normalisation), at a difficulty
+drawn uniformly in TRAIN_DIFFICULTY (its curriculum knob; the held-out set is at full difficulty):
 
 - ``shallow``: 2 conv stages; ``deep``: 6 conv stages (plain CNNs, same widths where they overlap);
 - ``teacher``: a wider 6-stage CNN;
@@ -14,8 +15,8 @@ Trains, for each of SEEDS, on the cluttered-digits data of ``models/cluttered_di
   loss = KD_ALPHA * T^2 * KL(teacher_T || student_T) + (1 - KD_ALPHA) * cross-entropy);
 - ``pruned_50`` / ``pruned_80``: the teacher, global L1 magnitude pruning (``torch.nn.utils.prune``)
   of all conv and linear weights at that sparsity, fine-tuned FINETUNE_EPOCHS with the mask fixed;
-- ``checkpoints``: the seed-0 deep model after each of its first EPOCHS - 1 epochs (the last
-  one is ``deep_s0`` itself), so accuracy varies within one architecture.
+- ``checkpoints``: the seed-0 deep model after each of its first EPOCHS - 1 epochs (``ckpt_eK``;
+  the last epoch is ``deep_s0`` itself), so accuracy varies within one architecture.
 
 Every model is exported with the TorchScript exporter (opset 17) to ``zoo/NAME.onnx`` with a card
 ``zoo/NAME.onnx.json`` (the cluttered_digits card format, held-out accuracy on the 1000 held-out

@@ -82,7 +82,8 @@ def run_study(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> StudyResult:
     """Analyse each model (its card, the entry's overrides, the study's τ/steps) on the study's
-    images (the first `max_images`), measure accuracy with onnxruntime when labels are given, and
+    images (`max_images` of them, evenly spread), measure accuracy with onnxruntime on all the
+    study's images when labels are given (it is cheap; the metrics are not), and
     answer every hypothesis with a bootstrap over images and models (`rng`, default seeded by the
     study's `seed`). Rows that did not converge count as missing unless `converged_only` is False.
     With `cache_dir`, each model's per-image metrics are kept there (keyed by the model file's
@@ -101,7 +102,7 @@ def run_study(
     for entry, chosen in zip(study.models, plan):
         advance = (lambda stage, a, t, name=entry.name: progress(f"{name}: {stage}", a, t)) if progress else None
         cached = analyse_entry(study, entry, images, settings, chosen, labels, device=device, cache_dir=cache_dir,
-                               progress=advance)
+                               accuracy_images=list(study.images) if labels is not None else None, progress=advance)
         if cached.correct is not None:
             accuracy[entry.name] = float(np.mean(cached.correct))
         metrics.append(cached.only_converged() if converged_only else cached)
@@ -115,12 +116,15 @@ def run_study(
 
 
 def analyse_entry(study: Study, entry: ModelEntry, images: Sequence[Path], settings, layers: Sequence[str],
-                  labels=None, *, device: str = "auto", cache_dir=None, progress=None) -> ModelMetrics:
+                  labels=None, *, accuracy_images: Sequence[Path] | None = None, device: str = "auto",
+                  cache_dir=None, progress=None) -> ModelMetrics:
     """One model's metrics at `layers` on `images` (every row kept, with its converged flag) and its
-    per-image correctness; from `cache_dir` when an identical run is there, else analysed and stored."""
+    correctness on `accuracy_images` (default `images`); from `cache_dir` when an identical run is
+    there, else analysed and stored."""
     from ..analysis import Foreground, analyze
 
-    key = _cache_key(entry, images, layers, settings, study)
+    accuracy_images = list(accuracy_images or images)
+    key = _cache_key(entry, [*images, "|", *accuracy_images], layers, settings, study)
     cached = _load(cache_dir, key, entry) if cache_dir else None
     if cached is not None:
         return cached
@@ -130,7 +134,8 @@ def analyse_entry(study: Study, entry: ModelEntry, images: Sequence[Path], setti
                      device=device, input_name=entry.input_name, ru=study.ru, progress=progress)
     correct = None
     if labels is not None:
-        correct = _aligned(_accuracy(entry, images, labels), [r.name for r in report.images])
+        acc = _accuracy(entry, accuracy_images, labels)
+        correct = acc.correct if accuracy_images != list(images) else _aligned(acc, [r.name for r in report.images])
     metrics = metrics_from_report(entry.name, entry.group, report, correct, converged_only=False)
     if cache_dir:
         _save(cache_dir, key, metrics)

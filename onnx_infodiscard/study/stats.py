@@ -29,7 +29,7 @@ class ModelMetrics:
     layers: tuple[str, ...]
     depths: tuple[float, ...]  # relative depth of each layer, 0 input .. 1 deepest tensor
     values: dict = field(repr=False)  # metric -> float array (n_layers, n_images), nats per input value
-    correct: np.ndarray | None = field(default=None, repr=False)  # bool (n_images,), or None without labels
+    correct: np.ndarray | None = field(default=None, repr=False)  # bool per accuracy image, or None without labels
     converged: np.ndarray | None = field(default=None, repr=False)  # bool (n_layers, n_images); None: all
 
     def only_converged(self) -> ModelMetrics:
@@ -104,8 +104,11 @@ def evaluate_hypothesis(h: Hypothesis, models: Sequence[ModelMetrics], rng: np.r
     index = {m.name: i for i, m in enumerate(chosen)}
     if h.kind == "correlation":
         correct = np.stack([np.asarray(m.correct, float) for m in chosen])
-        effect = _spearman_effect(h, groups, index, values, correct, full, None)
-        boot = _spearman_effect(h, groups, index, values, correct, counts, picks)
+        # accuracy may be measured on more images than the metrics: those are resampled on their own
+        same = correct.shape[1] == n
+        acc_counts = counts if same else _image_counts(rng, n_boot, correct.shape[1])
+        effect = _spearman_effect(h, groups, index, values, correct, full, np.ones((1, correct.shape[1])), None)
+        boot = _spearman_effect(h, groups, index, values, correct, counts, acc_counts, picks)
     else:
         effect = _mean_effect(h, groups, index, values, full, None)
         boot = _mean_effect(h, groups, index, values, counts, picks)
@@ -200,9 +203,9 @@ def _resampled_columns(matrix: np.ndarray, groups, index, picks) -> np.ndarray:
     return np.concatenate(columns, axis=1)
 
 
-def _spearman_effect(h, groups, index, values, correct, counts, picks) -> np.ndarray:
+def _spearman_effect(h, groups, index, values, correct, counts, acc_counts, picks) -> np.ndarray:
     x = _resampled_columns(_means(values, counts), groups, index, picks)
-    y = _resampled_columns(counts @ correct.T / counts.sum(1, keepdims=True), groups, index, picks)
+    y = _resampled_columns(acc_counts @ correct.T / acc_counts.sum(1, keepdims=True), groups, index, picks)
     return np.array([spearman(a, b) for a, b in zip(x, y)])
 
 

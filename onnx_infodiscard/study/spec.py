@@ -21,11 +21,15 @@ Top-level keys go before the first `[groups.*]` table (TOML puts later keys insi
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, close_matches
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 METRICS = ("cid", "delta_cid", "concentration", "ru")
 TOP_KEYS = {"images", "labels", "foreground", "layers", "depths", "tau", "steps", "samples", "seed", "bootstrap", "ru",

@@ -211,7 +211,8 @@ def make_data() -> dict:
     train_idx, test_idx = base.split(y)
     train_src = CB.Source(digits[train_idx], CB.load_photos(CB.TRAIN_PHOTOS),
                           CB.curve_bank(CB.N_CURVES, CB.CURVE_SEED), augment=True)
-    test_src = CB.Source(digits[test_idx], CB.load_photos(CB.TEST_PHOTOS), CB.curve_bank(CB.N_CURVES, CB.CURVE_SEED + 1))
+    test_src = CB.Source(digits[test_idx], CB.load_photos(CB.TEST_PHOTOS),
+                         CB.curve_bank(CB.N_CURVES, CB.CURVE_SEED + 1))
     rng = np.random.RandomState(TRAIN_SEED)
     pick = rng.choice(len(train_idx), N_TRAIN, replace=True)
     warm = rng.choice(len(train_idx), N_WARMUP, replace=False)
@@ -251,7 +252,8 @@ def main() -> int:
             model = pruned(teacher, sparsity, seed, data)
             sizes.append(export(model, f"pruned_{round(sparsity * 100)}_s{seed}",
                                 evaluate(model, data["x_te"], data["y_te"]), data,
-                                f"teacher seed {seed}, global L1 pruning {sparsity:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch"))
+                                f"teacher seed {seed}, global L1 pruning {sparsity:.0%}, "
+                                f"fine-tuned {FINETUNE_EPOCHS} epoch"))
         print(f"seed {seed} done at {time.time() - t0:.0f} s", flush=True)
     print(f"{len(sizes)} models, {sum(sizes)} bytes in all; build time {time.time() - t0:.0f} s")
     return 0

@@ -224,7 +224,7 @@ def _entry(path: Path, group: str, item, root: Path) -> ModelEntry:
         raise InputError(f"{path}: model {body['path']}: unknown preprocessing field {sorted(bad)[0]!r}; use "
                          f"{sorted(PREPROCESSING_KEYS)}", option="groups")
     if "mean" in prep or "std" in prep:
-        prep = {**prep, **{k: tuple(v if isinstance(v, list) else [v]) for k, v in prep.items() if k in ("mean", "std")}}
+        prep.update({k: tuple(v if isinstance(v, list) else [v]) for k, v in prep.items() if k in ("mean", "std")})
     if "layout" in body:
         prep["layout"] = str(body["layout"]).lower()
     layers = body.get("layers")

@@ -40,7 +40,9 @@ class ModelMetrics:
         return ModelMetrics(self.name, self.group, self.layers, self.depths, values, self.correct, self.converged)
 
     def converged_at(self, depth: float) -> np.ndarray:
-        return np.ones(len(self.values["cid"][0]), bool) if self.converged is None else self.converged[self.layer_at(depth)]
+        if self.converged is None:
+            return np.ones(len(self.values["cid"][0]), bool)
+        return self.converged[self.layer_at(depth)]
 
     def layer_at(self, depth: float) -> int:
         """The analysed layer nearest `depth` (the shallower one on a tie)."""
@@ -75,7 +77,8 @@ class HypothesisResult:
         return {"hypothesis": h.text, "kind": h.kind, "metric": h.metric, "depth": h.depth, "depth2": h.depth2,
                 "expected_sign": "+" if h.sign > 0 else "-", "effect": _round(self.effect), "ci_low": _round(self.low),
                 "ci_high": _round(self.high), "level": LEVEL, "verdict": self.verdict, "n_images": self.n_images,
-                "n_boot": self.n_boot, "n_missing": self.n_missing, "n_unconverged": self.n_unconverged, "models": self.models, "layers": self.layers,
+                "n_boot": self.n_boot, "n_missing": self.n_missing, "n_unconverged": self.n_unconverged,
+                "models": self.models, "layers": self.layers,
                 "per_model": {k: _round(v) for k, v in self.per_model.items()},
                 "accuracy": {k: _round(v) for k, v in self.accuracy.items()}}
 

@@ -1,0 +1,221 @@
+"""Studies (issue #17): the bootstrap answers claims correctly, STUDY.toml is validated up front,
+and accuracy equals a direct onnxruntime count."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx_infodiscard.accuracy import accuracy, read_labels
+from onnx_infodiscard.errors import InputError
+from onnx_infodiscard.study import (
+    ModelMetrics, answer, evaluate_hypothesis, parse_hypothesis, read_study, spearman, verdict, write_study,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUTTERED = ROOT / "models" / "cluttered_digits"
+MODEL = CLUTTERED / "cluttered_digits.onnx"
+IMAGES = CLUTTERED / "images"
+
+
+def synthetic(group: str, n_models: int, mean: float, rng, n_images: int = 40, spread: float = 0.3,
+              depth_slope: float = 0.0, correct_p: float | None = None, prefix: str = "") -> list[ModelMetrics]:
+    """Models whose per-image CID at depth 1 is `mean` + model offset + image effect + noise."""
+    image_effect = np.random.default_rng(123).normal(0, spread, n_images)  # shared: paired images
+    out = []
+    for k in range(n_models):
+        offset = rng.normal(0, 0.05)
+        deep = mean + offset + image_effect + rng.normal(0, 0.1, n_images)
+        shallow = deep - depth_slope
+        values = {m: np.stack([shallow, deep]) for m in ("cid", "delta_cid", "concentration")}
+        correct = rng.random(n_images) < correct_p if correct_p is not None else None
+        out.append(ModelMetrics(f"{prefix or group}{k}", group, ("a", "b"), (0.3, 1.0), values, correct))
+    return out
+
+
+def test_known_group_difference_is_covered_and_holds():
+    rng = np.random.default_rng(0)
+    models = synthetic("deep", 3, 1.5, rng) + synthetic("shallow", 3, 1.0, rng)
+    true_effect = np.mean([m.values["cid"][1].mean() for m in models[:3]]) - np.mean(
+        [m.values["cid"][1].mean() for m in models[3:]])
+    result = evaluate_hypothesis(parse_hypothesis("cid[1.0] deep > shallow"), models, np.random.default_rng(1), 2000)
+    assert result.low < 0.5 < result.high  # the generating effect
+    assert result.effect == pytest.approx(true_effect)
+    assert result.verdict == "holds"
+    flipped = evaluate_hypothesis(parse_hypothesis("cid[1.0] deep < shallow"), models, np.random.default_rng(1))
+    assert flipped.verdict == "contradicted"
+
+
+def test_no_effect_is_inconclusive():
+    rng = np.random.default_rng(5)
+    models = synthetic("a", 3, 1.0, rng) + synthetic("b", 3, 1.0, rng)
+    result = evaluate_hypothesis(parse_hypothesis("cid[0.9] a < b"), models, np.random.default_rng(2))
+    assert result.low < 0 < result.high
+    assert result.verdict == "inconclusive"
+
+
+def test_within_model_depth_difference():
+    rng = np.random.default_rng(3)
+    models = synthetic("deep", 3, 1.0, rng, depth_slope=0.4)
+    result = evaluate_hypothesis(parse_hypothesis("concentration[1.0] > concentration[0.3] in deep"), models,
+                                 np.random.default_rng(0))
+    assert result.effect == pytest.approx(0.4)
+    assert result.verdict == "holds"
+    assert result.layers["deep0"] == "b - a"
+
+
+def test_correlation_with_accuracy():
+    rng = np.random.default_rng(4)
+    models = []
+    for k, p in enumerate(np.linspace(0.2, 0.9, 8)):  # concentration rises with accuracy
+        models += synthetic("ckpt", 1, 0.2 + p, rng, n_images=400, spread=0.02, correct_p=p, prefix=f"c{k}_")
+    result = evaluate_hypothesis(parse_hypothesis("concentration[1.0] ~ accuracy"), models, np.random.default_rng(0))
+    assert result.effect > 0.8 and result.verdict == "holds"
+    negative = evaluate_hypothesis(parse_hypothesis("concentration[1.0] ~ -accuracy"), models,
+                                   np.random.default_rng(0))
+    assert negative.verdict == "contradicted"
+
+
+def test_verdict_rule_and_spearman_ties():
+    assert verdict(0.1, 0.5, +1) == "holds" and verdict(-0.5, -0.1, +1) == "contradicted"
+    assert verdict(-0.1, 0.5, -1) == "inconclusive" and verdict(float("nan"), 1, 1) == "inconclusive"
+    assert spearman(np.array([1.0, 2, 2, 3]), np.array([1.0, 2, 2, 3])) == pytest.approx(1.0)
+    assert np.isnan(spearman(np.array([1.0, 1, 1]), np.array([1.0, 2, 3])))
+
+
+def test_bootstrap_uses_only_the_given_generator():
+    rng = np.random.default_rng(0)
+    models = synthetic("a", 2, 1.2, rng) + synthetic("b", 2, 1.0, rng)
+    h = parse_hypothesis("cid[1.0] a > b")
+    np.random.seed(0)
+    first = evaluate_hypothesis(h, models, np.random.default_rng(9), 500)
+    np.random.seed(1)
+    second = evaluate_hypothesis(h, models, np.random.default_rng(9), 500)
+    assert (first.low, first.high) == (second.low, second.high)
+
+
+# --- STUDY.toml validation: one-line InputError before any analysis ---------------------------
+
+
+def write_study_toml(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "STUDY.toml"
+    path.write_text(body)
+    return path
+
+
+GOOD = f"""
+images = "{IMAGES}"
+labels = "{IMAGES / 'boxes.csv'}"
+foreground = "{IMAGES / 'boxes.csv'}"
+hypotheses = ["cid[1.0] big > small", "concentration[0.5] ~ accuracy"]
+[groups.big]
+models = ["{MODEL}"]
+[groups.small]
+models = [{{path = "{MODEL}", name = "again", layout = "nchw", preprocessing = {{mean = 0.5, std = 0.3}}}}]
+"""
+
+
+def test_good_study_parses():
+    study = read_study_from(GOOD)
+    assert [m.name for m in study.models] == ["cluttered_digits", "again"]
+    assert study.models[1].preprocessing == {"mean": (0.5,), "std": (0.3,), "layout": "nchw"}
+    assert len(study.images) == 200 and study.bootstrap == 2000
+
+
+def read_study_from(body: str, tmp=None):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return read_study(write_study_toml(Path(folder), body))
+
+
+@pytest.mark.parametrize("body, words", [
+    ("images = [", "not valid TOML"),
+    (GOOD.replace("big > small", "big > medium"), "unknown group 'medium'"),
+    (GOOD.replace("cid[1.0]", "entropy[1.0]"), "unknown metric 'entropy'"),
+    (GOOD.replace("cid[1.0]", "ru[1.0]"), "needs ru = true"),
+    (GOOD.replace('models = ["', 'models = ["missing/'), "not found"),
+    (GOOD.replace("big > small", "big >> small"), "is not 'METRIC[DEPTH]"),
+    (GOOD.replace("cid[1.0]", "cid[1.5]"), "not in [0, 1]"),
+    (GOOD.replace("hypotheses", "hypothesis"), "unknown key 'hypothesis'"),
+    (GOOD.replace('name = "again", ', ""), "appears in groups"),
+])
+def test_malformed_study_is_one_line_input_error(body, words):
+    with pytest.raises(InputError) as err:
+        read_study_from(body)
+    assert words in str(err.value) and "\n" not in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_labels_missing_for_some_images(tmp_path):
+    labels = tmp_path / "labels.csv"
+    rows = list(csv.DictReader(open(IMAGES / "boxes.csv")))
+    with open(labels, "w") as f:
+        f.write("file,label\n" + "".join(f"{r['file']},{r['label']}\n" for r in rows[:-3]))
+    body = GOOD.replace(f'labels = "{IMAGES / "boxes.csv"}"', f'labels = "{labels}"')
+    with pytest.raises(InputError, match=r"no label for 3 of 200 images \(bench_197") as err:
+        read_study(write_study_toml(tmp_path, body))
+    assert "\n" not in str(err.value)
+
+
+# --- accuracy: onnxruntime on the original graph ----------------------------------------------
+
+
+def test_accuracy_equals_direct_onnxruntime_count(tmp_path):
+    import onnxruntime as ort
+    from PIL import Image
+
+    rows = list(csv.DictReader(open(IMAGES / "boxes.csv")))[::10]
+    files = [IMAGES / r["file"] for r in rows]
+    result = accuracy(MODEL, files, read_labels(IMAGES / "boxes.csv"))
+    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    x = np.stack([np.asarray(Image.open(f), np.float32)[None] / 255.0 for f in files])
+    logits = session.run(None, {"image": ((x - 0.5) / 0.3).astype(np.float32)})[0]
+    direct = int((logits.argmax(1) == np.array([int(r["label"]) for r in rows])).sum())
+    assert result.n_correct == direct and result.accuracy == pytest.approx(direct / len(files))
+    # class names from the card work as labels too, and a missing label is named
+    names = tmp_path / "names.csv"
+    names.write_text("file,label\n" + "".join(f"{r['file']},{r['label']}\n" for r in rows[1:]))
+    with pytest.raises(InputError, match=rf"no label for 1 of {len(files)} images \({rows[0]['file']}\)"):
+        accuracy(MODEL, files, read_labels(names))
+
+
+def test_small_study_end_to_end(tmp_path, monkeypatch):
+    from onnx_infodiscard.perturb import SolverSettings
+    from onnx_infodiscard.study import run_study
+
+    body = GOOD.replace('["cid[1.0] big > small", "concentration[0.5] ~ accuracy"]', '["cid[1.0] big > small"]')
+    body = body.replace("hypotheses", 'layers = ["/relu2/Relu_output_0", "/relu6/Relu_output_0"]\nhypotheses')
+    study = read_study(write_study_toml(tmp_path, body))
+    result = run_study(study, settings=SolverSettings(steps=3, eval_samples=16, max_eval_samples=16), max_images=2,
+                       device="cpu", rng=np.random.default_rng(0), converged_only=False,
+                       cache_dir=tmp_path / "cache")
+    (r,) = result.results
+    assert r.effect == pytest.approx(0.0, abs=0.2)  # the same network twice, same images
+    assert set(result.accuracy) == {"cluttered_digits", "again"}
+    assert r.layers == {"cluttered_digits": "/relu6/Relu_output_0", "again": "/relu6/Relu_output_0"}
+    written = write_study(result, tmp_path / "out")
+    assert {p.name for p in written} >= {"study.json", "study.csv", "study.html"}
+    assert written[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert answer(study, result.models, np.random.default_rng(0))[0].effect == pytest.approx(r.effect)
+    import onnx_infodiscard.analysis as analysis
+
+    monkeypatch.setattr(analysis, "analyze", lambda *a, **k: pytest.fail("the cache was not used"))
+    again = run_study(study, settings=SolverSettings(steps=3, eval_samples=16, max_eval_samples=16), max_images=2,
+                      device="cpu", rng=np.random.default_rng(0), converged_only=False, cache_dir=tmp_path / "cache")
+    assert again.results[0].effect == pytest.approx(r.effect) and again.accuracy == result.accuracy
+
+
+def test_unknown_layer_fails_before_any_analysis(tmp_path, monkeypatch):
+    import onnx_infodiscard.analysis as analysis
+    from onnx_infodiscard.study import run_study
+
+    body = GOOD.replace("hypotheses", 'layers = ["/relu9/Relu_output_0"]\nhypotheses')
+    study = read_study(write_study_toml(tmp_path, body))
+    monkeypatch.setattr(analysis, "analyze", lambda *a, **k: pytest.fail("analysis ran"))
+    with pytest.raises(InputError, match="no layer '/relu9/Relu_output_0'; did you mean") as err:
+        run_study(study, max_images=2, device="cpu")
+    assert err.value.option == "layers"

@@ -110,7 +110,7 @@ def accuracy(
     """
     import onnxruntime as ort
 
-    from .analysis import model_input_shape
+    from .session import model_input_shape
 
     path = Path(model)
     loaded = load_model(path)

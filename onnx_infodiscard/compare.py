@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .accuracy import accuracy, read_labels
 from .analysis import analyze
+from .images import find_images
 from .foreground import Foreground
 from .results import Report
 from .rowcache import RowCache
@@ -51,6 +53,7 @@ class Comparison:
     rows: tuple[ComparedLayer, ...]
     outcomes: tuple[RuleOutcome, ...] = ()
     seconds: float = 0.0
+    accuracy: dict[str, float] = field(default_factory=dict)  # model -> top-1 accuracy (with labels)
 
     @property
     def converged(self) -> bool:
@@ -89,7 +92,8 @@ class Comparison:
             "kind": "comparison",
             "tool_version": __version__,
             "models": [
-                {"name": name, **_model_json(report)} for name, report in zip(self.models, self.reports)
+                {"name": name, **_model_json(report), "accuracy": self.accuracy.get(name)}
+                for name, report in zip(self.models, self.reports)
             ],
             "parameters": asdict(self.reports[0].settings) if self.reports else {},
             "converged": self.converged,
@@ -110,6 +114,7 @@ def compare(
     foreground: Foreground | None = None,
     device: str = "auto",
     rules: Sequence[Rule] = (),
+    labels: str | Path | None = None,
     cache: RowCache | None = None,
     ray: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -118,8 +123,10 @@ def compare(
 
     `layers` applies to every model; None: each model's card `suggested_layers`, else `auto`.
     With no images, the image folder that every model's card names, when they agree.
-    `rules` (`audit.parse_rule`) are judged on each model; `cache` and `ray` as for `analyze` (a
-    comparison with one more model solves only that model's rows); `progress(stage, advance, total)` as for
+    With `labels` (a CSV `file,label`, e.g. a boxes CSV; index or class name of the card), each
+    model's accuracy on the images, by onnxruntime on its original graph. `rules`
+    (`audit.parse_rule`) are judged on each model; `cache` and `ray` as for `analyze` (a comparison
+    with one more model solves only that model's rows); `progress(stage, advance, total)` as for
     `analyze`, with the model's name in front of each stage.
     """
     if not models:
@@ -129,15 +136,19 @@ def compare(
     names = display_names(paths)
     if not images:
         images = _shared_card_images(paths)
+    raw_labels = read_labels(labels) if labels is not None else None
+    found = find_images(list(images))
+    accuracies = {name: accuracy(path, found, raw_labels).accuracy for name, path in zip(names, paths)} \
+        if raw_labels is not None else {}  # before the long part, so missing labels fail at once
     reports = []
     for name, path in zip(names, paths):
         advance = (lambda stage, a, t, name=name: progress(f"{name}: {stage}", a, t)) if progress else None
         reports.append(analyze(path, list(images), list(layers) if layers else None, settings=settings,
                                foreground=foreground, device=device, cache=cache, ray=ray, progress=advance))
     rows = tuple(row for name, report in zip(names, reports) for row in _rows(name, report))
-    comparison = Comparison(tuple(names), tuple(reports), rows)
+    comparison = Comparison(tuple(names), tuple(reports), rows, accuracy=accuracies)
     outcomes = tuple(evaluate(rules, audit_table(comparison))) if rules else ()
-    return Comparison(tuple(names), tuple(reports), rows, outcomes, time.perf_counter() - start)
+    return Comparison(tuple(names), tuple(reports), rows, outcomes, time.perf_counter() - start, accuracies)
 
 
 def audit_table(comparison: Comparison) -> list[dict]:

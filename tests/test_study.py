@@ -11,6 +11,7 @@ import pytest
 
 from onnx_infodiscard.accuracy import accuracy, read_labels
 from onnx_infodiscard.errors import InputError
+from onnx_infodiscard.rowcache import RowCache
 from onnx_infodiscard.study import (
     ModelMetrics, answer, evaluate_hypothesis, parse_hypothesis, read_study, spearman, verdict, write_study,
 )
@@ -190,23 +191,26 @@ def test_small_study_end_to_end(tmp_path, monkeypatch):
     body = GOOD.replace('["cid[1.0] big > small", "concentration[0.5] ~ accuracy"]', '["cid[1.0] big > small"]')
     body = body.replace("hypotheses", 'layers = ["/relu2/Relu_output_0", "/relu6/Relu_output_0"]\nhypotheses')
     study = read_study(write_study_toml(tmp_path, body))
-    result = run_study(study, settings=SolverSettings(steps=3, eval_samples=16, max_eval_samples=16), max_images=2,
-                       device="cpu", rng=np.random.default_rng(0), converged_only=False,
-                       cache_dir=tmp_path / "cache")
+    settings = SolverSettings(steps=3, eval_samples=16, max_eval_samples=16)
+    result = run_study(study, settings=settings, max_images=2, device="cpu", rng=np.random.default_rng(0),
+                       converged_only=False, cache=RowCache(tmp_path / "cache"))
     (r,) = result.results
-    assert r.effect == pytest.approx(0.0, abs=0.2)  # the same network twice, same images
+    assert r.effect == pytest.approx(0.0, abs=1e-6)  # the same network twice, same images: the same rows
     assert set(result.accuracy) == {"cluttered_digits", "again"}
     assert r.layers == {"cluttered_digits": "/relu6/Relu_output_0", "again": "/relu6/Relu_output_0"}
-    written = write_study(result, tmp_path / "out")
-    assert {p.name for p in written} >= {"study.json", "study.csv", "study.html"}
-    assert written[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    folder = write_study(result, tmp_path / "out")
+    names = {p.name for p in folder.iterdir()}
+    assert {"study.json", "study.csv", "study.html"} <= names
+    assert next(folder.glob("hypothesis_1_*.png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert answer(study, result.models, np.random.default_rng(0))[0].effect == pytest.approx(r.effect)
-    import onnx_infodiscard.analysis as analysis
+    entries = sorted((tmp_path / "cache").rglob("*.npz"))
+    import onnx_infodiscard.execute as execute
 
-    monkeypatch.setattr(analysis, "analyze", lambda *a, **k: pytest.fail("the cache was not used"))
-    again = run_study(study, settings=SolverSettings(steps=3, eval_samples=16, max_eval_samples=16), max_images=2,
-                      device="cpu", rng=np.random.default_rng(0), converged_only=False, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(execute, "solve_groups", lambda *a, **k: pytest.fail("a cached row was solved again"))
+    again = run_study(study, settings=settings, max_images=2, device="cpu", rng=np.random.default_rng(0),
+                      converged_only=False, cache=RowCache(tmp_path / "cache"))
     assert again.results[0].effect == pytest.approx(r.effect) and again.accuracy == result.accuracy
+    assert sorted((tmp_path / "cache").rglob("*.npz")) == entries
 
 
 def test_unknown_layer_fails_before_any_analysis(tmp_path, monkeypatch):
@@ -219,3 +223,38 @@ def test_unknown_layer_fails_before_any_analysis(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="no layer '/relu9/Relu_output_0'; did you mean") as err:
         run_study(study, max_images=2, device="cpu")
     assert err.value.option == "layers"
+
+
+def test_compare_groups_through_the_cli_on_a_shipped_study_subset(tmp_path):
+    """`infodiscard compare --groups` end to end on two groups of the shipped zoo (few images, few steps)."""
+    import json
+    import subprocess
+    import sys
+
+    zoo = Path(__file__).resolve().parent.parent / "models" / "studies" / "zoo"
+    images = Path(__file__).resolve().parent.parent / "models" / "cluttered_digits" / "images"
+    study = tmp_path / "STUDY.toml"
+    study.write_text(f'''
+images = "{images}"
+labels = "{images / 'boxes.csv'}"
+foreground = "{images / 'boxes.csv'}"
+bootstrap = 200
+hypotheses = ["cid[1.0] deep > shallow", "concentration[1.0] ~ accuracy in shallow, deep"]
+[groups.shallow]
+models = ["{zoo / 'shallow_s0.onnx'}", "{zoo / 'shallow_s1.onnx'}"]
+[groups.deep]
+models = ["{zoo / 'deep_s0.onnx'}", "{zoo / 'deep_s1.onnx'}"]
+''')
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "onnx_infodiscard_cli.main", "compare", "--groups", str(study),
+                           "--max-images", "2", "--steps", "3", "--samples", "4", "--out", str(out), "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout)
+    assert [r["verdict"] in ("holds", "contradicted", "inconclusive") for r in answer["hypotheses"]] == [True, True]
+    assert (out / "study.html").is_file() and (out / "study.csv").is_file()
+    bad = subprocess.run([sys.executable, "-m", "onnx_infodiscard_cli.main", "compare", "--groups",
+                          str(tmp_path / "missing.toml"), "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("error:") == 1 and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -21,12 +21,24 @@ from onnx_infodiscard_cli.options import (
 )
 
 
+VERDICTS = {"holds", "contradicted", "inconclusive"}
+
+
 def register(app: typer.Typer) -> None:
     app.command("compare")(compare)
 
 
 def compare(
-    models: Annotated[list[Path], typer.Argument(help="Two or more .onnx models.", show_default=False)],
+    models: Annotated[Optional[list[Path]], typer.Argument(
+        help="Two or more .onnx models (or none, with --groups).", show_default=False)] = None,
+    groups: Annotated[Optional[Path], typer.Option(
+        "--groups", help="A STUDY.toml: named groups of models and hypotheses on them, each answered with a "
+                         "bootstrap interval and a verdict (holds / contradicted / inconclusive).")] = None,
+    labels: Annotated[Optional[Path], typer.Option(
+        "--labels", help="CSV file,label (a boxes CSV's label column works): each model's accuracy beside its "
+                         "metrics.")] = None,
+    max_images: Annotated[Optional[int], typer.Option(
+        "--max-images", min=2, help="With --groups: this many of the study's images, evenly spread.")] = None,
     images: Annotated[Optional[list[Path]], typer.Option(
         "--images", "-i", help="Image files or folders, the same for every model; repeatable "
                                "(default: the folder every model's card names).")] = None,
@@ -58,14 +70,17 @@ def compare(
     image and layer did not converge, else 0.
     """
     settings = solver_settings(tau=tau, steps=steps, samples=samples, seed=seed, grid=grid, max_memory=max_memory)
-    rules = parse_rules(fail_if)
     cache = row_cache(no_cache)
+    if groups is not None:
+        return _study(groups, settings, max_images, choice(device), fail_if, cache, out, new_subfolder, as_json)
+    rules = parse_rules(fail_if)
     inputs = [*models, *(images or []), fg_mask, fg_boxes, cache and cache.root]
     out = check_output_folder(out, [p for p in inputs if p is not None], new_subfolder=new_subfolder)
     foreground = Foreground.parse(fg, fg_mask, fg_boxes)
     with stage_progress(as_json) as progress:
         comparison = run_compare(models, images, layers, settings=settings, foreground=foreground,
-                                 device=choice(device), rules=rules, cache=cache, ray=ray, progress=progress)
+                                 device=choice(device), rules=rules, labels=labels, cache=cache, ray=ray,
+                                 progress=progress)
     folder = write_comparison(comparison, out, new_subfolder=new_subfolder)
     if as_json:
         data = comparison.to_json()
@@ -75,6 +90,37 @@ def compare(
     unconverged = [label for name, report in zip(comparison.models, comparison.reports)
                    for label in unconverged_results(report, f"{name}:")]
     raise_verdict(comparison.outcomes, unconverged, "comparison")
+
+
+def _study(path: Path, settings, max_images, device, fail_if, cache, out, new_subfolder, as_json) -> None:
+    """`compare --groups`: the study's hypotheses answered; `--fail-if` names verdicts that fail the run."""
+    from onnx_infodiscard.errors import AuditFailed, InputError
+    from onnx_infodiscard.study import read_study, run_study, write_study
+
+    verdicts = {v.strip().lower() for v in fail_if or []}
+    if verdicts - VERDICTS:
+        raise InputError(f"with --groups, give verdicts that fail the run: {', '.join(sorted(VERDICTS))}; "
+                         f"got {', '.join(sorted(verdicts - VERDICTS))}", option="fail_if")
+    study = read_study(path)  # every check before any analysis
+    out = check_output_folder(out, [path, *study.images, *[m.path for m in study.models],
+                                    *([cache.root] if cache else [])], new_subfolder=new_subfolder)
+    with stage_progress(as_json) as progress:
+        result = run_study(study, settings=settings, max_images=max_images, device=device, cache=cache,
+                           progress=progress)
+    folder = write_study(result, out, new_subfolder=new_subfolder)
+    if as_json:
+        print(json_text(result.to_json() | {"out": str(folder)}), end="")
+    else:
+        table = Table(title=f"{escape(study.title or path.name)}: τ={settings.tau}, {len(result.images)} images")
+        for column in ("hypothesis", "effect", "95 % CI", "verdict"):
+            table.add_column(column, justify="left" if column in ("hypothesis", "verdict") else "right")
+        for r in result.results:
+            table.add_row(escape(r.hypothesis.text), f"{r.effect:+.3f}", f"[{r.low:+.3f}, {r.high:+.3f}]", r.verdict)
+        stdout.print(table)
+        stdout.print(f"study: {folder / 'study.html'}", markup=False)
+    failed = [r.hypothesis.text for r in result.results if r.verdict in verdicts]
+    if failed:
+        raise AuditFailed(f"{len(failed)} hypotheses have a verdict named by --fail-if: {'; '.join(failed[:3])}")
 
 
 def _print_table(comparison, folder: Path) -> None:

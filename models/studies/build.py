@@ -197,7 +197,7 @@ def export(model: nn.Module, name: str, acc: float, data: dict, note: str) -> in
                      f"{N_TRAIN} training images at difficulty {TRAIN_DIFFICULTY} (+{N_WARMUP} warm-up at "
                      f"{WARMUP_DIFFICULTY}), test_accuracy on the 1000 held-out images "
                      "(test digits on test photos, the cluttered_digits held-out set)")),
-        ("study", note),
+        ("description", note),
     ])
     CB.digits_cnn_build().embed_card(path, card)
     (ZOO / f"{name}.onnx.json").write_text(json.dumps(card, indent=2) + "\n")

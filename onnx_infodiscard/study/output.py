@@ -6,17 +6,18 @@ import base64
 import csv
 import html
 import io
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
+from ..output import json_text, write_folder
 from .run import StudyResult
 from .stats import HypothesisResult
 
 CSV_COLUMNS = ("hypothesis", "kind", "metric", "depth", "depth2", "expected_sign", "effect", "ci_low", "ci_high",
                "verdict", "n_images", "n_models", "n_boot", "tau", "steps")
+MARKER = "study.json"
 COLOURS = {"holds": "#2a7d2a", "contradicted": "#b22222", "inconclusive": "#777777"}
 
 
@@ -89,17 +90,17 @@ def html_section(result: StudyResult, plots: bool = True) -> str:
             + (f"<p>Accuracy (onnxruntime, original graph): {acc}</p>" if acc else "") + figures + "</section>")
 
 
-def write_study(result: StudyResult, out_dir: str | Path) -> list[Path]:
-    """study.json, study.csv, study.html and one hypothesis_K_<slug>.png per claim, in `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "study.json", out / "study.csv", out / "study.html"]
-    written[0].write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    written[1].write_text(to_csv(result))
-    written[2].write_text(f"<!doctype html><meta charset='utf-8'><title>study</title>{html_section(result)}\n")
-    for k, r in enumerate(result.results, start=1):
-        slug = re.sub(r"[^a-z0-9]+", "_", r.hypothesis.text.lower()).strip("_")[:60]
-        path = out / f"hypothesis_{k}_{slug}.png"
-        path.write_bytes(plot_png(r))
-        written.append(path)
-    return written
+def write_study(result: StudyResult, out_dir: str | Path, *, new_subfolder: bool = False) -> Path:
+    """study.json, study.csv, study.html and one hypothesis_K_<slug>.png per claim, written as one
+    safe output folder (manifest, atomic swap; see `output.write_folder`); returns the folder."""
+
+    def write(folder: Path) -> None:
+        (folder / "study.csv").write_text(to_csv(result))
+        (folder / "study.html").write_text(
+            f"<!doctype html><meta charset='utf-8'><title>study</title>{html_section(result)}\n")
+        for k, r in enumerate(result.results, start=1):
+            slug = re.sub(r"[^a-z0-9]+", "_", r.hypothesis.text.lower()).strip("_")[:60]
+            (folder / f"hypothesis_{k}_{slug}.png").write_bytes(plot_png(r))
+        (folder / MARKER).write_text(json_text(result.to_json()))
+
+    return write_folder(out_dir, write, MARKER, new_subfolder=new_subfolder)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..rowcache import RowCache
 from .spec import ModelEntry, Study
 from .stats import HypothesisResult, ModelMetrics, evaluate_hypothesis
 
@@ -78,7 +79,7 @@ def run_study(
     device: str = "auto",
     rng: np.random.Generator | None = None,
     converged_only: bool = True,
-    cache_dir: str | Path | None = None,
+    cache: RowCache | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> StudyResult:
     """Analyse each model (its card, the entry's overrides, the study's τ/steps) on the study's
@@ -86,9 +87,8 @@ def run_study(
     study's images when labels are given (it is cheap; the metrics are not), and
     answer every hypothesis with a bootstrap over images and models (`rng`, default seeded by the
     study's `seed`). Rows that did not converge count as missing unless `converged_only` is False.
-    With `cache_dir`, each model's per-image metrics are kept there (keyed by the model file's
-    hash, the images, layers, settings and foreground), so a re-run only analyses what changed and
-    several processes can share the work."""
+    With `cache` (the row cache), a re-run only solves the rows that changed, and several
+    processes can share the work."""
     from ..perturb import SolverSettings
 
     start = time.perf_counter()
@@ -101,7 +101,7 @@ def run_study(
     metrics, accuracy = [], {}
     for entry, chosen in zip(study.models, plan):
         advance = (lambda stage, a, t, name=entry.name: progress(f"{name}: {stage}", a, t)) if progress else None
-        cached = analyse_entry(study, entry, images, settings, chosen, labels, device=device, cache_dir=cache_dir,
+        cached = analyse_entry(study, entry, images, settings, chosen, labels, device=device, cache=cache,
                                accuracy_images=list(study.images) if labels is not None else None, progress=advance)
         if cached.correct is not None:
             accuracy[entry.name] = float(np.mean(cached.correct))
@@ -117,29 +117,22 @@ def run_study(
 
 def analyse_entry(study: Study, entry: ModelEntry, images: Sequence[Path], settings, layers: Sequence[str],
                   labels=None, *, accuracy_images: Sequence[Path] | None = None, device: str = "auto",
-                  cache_dir=None, progress=None) -> ModelMetrics:
+                  cache: RowCache | None = None, progress=None) -> ModelMetrics:
     """One model's metrics at `layers` on `images` (every row kept, with its converged flag) and its
-    correctness on `accuracy_images` (default `images`); from `cache_dir` when an identical run is
-    there, else analysed and stored."""
-    from ..analysis import Foreground, analyze
+    correctness on `accuracy_images` (default `images`); rows in `cache` are reused."""
+    from ..analysis import analyze
+    from ..foreground import Foreground
 
     accuracy_images = list(accuracy_images or images)
-    key = _cache_key(entry, [*images, "|", *accuracy_images], layers, settings, study)
-    cached = _load(cache_dir, key, entry) if cache_dir else None
-    if cached is not None:
-        return cached
     foreground = Foreground(boxes_csv=study.foreground) if study.foreground else None
     report = analyze(entry.path, list(images), list(layers), settings=settings,
                      preprocessing_overrides=entry.preprocessing or None, foreground=foreground,
-                     device=device, input_name=entry.input_name, ru=study.ru, progress=progress)
+                     device=device, input_name=entry.input_name, ru=study.ru, cache=cache, progress=progress)
     correct = None
     if labels is not None:
         acc = _accuracy(entry, accuracy_images, labels)
         correct = acc.correct if accuracy_images != list(images) else _aligned(acc, [r.name for r in report.images])
-    metrics = metrics_from_report(entry.name, entry.group, report, correct, converged_only=False)
-    if cache_dir:
-        _save(cache_dir, key, metrics)
-    return metrics
+    return metrics_from_report(entry.name, entry.group, report, correct, converged_only=False)
 
 
 def spread(images: Sequence[Path], count: int | None) -> list[Path]:
@@ -147,38 +140,6 @@ def spread(images: Sequence[Path], count: int | None) -> list[Path]:
     if not count or count >= len(images):
         return list(images)
     return [images[int(i)] for i in np.linspace(0, len(images) - 1, count).round()]
-
-
-def _cache_key(entry: ModelEntry, images, layers, settings, study: Study) -> str:
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    blob = json.dumps({"model": hashlib.sha256(entry.path.read_bytes()).hexdigest(), "images": [str(p) for p in images],
-                       "layers": list(layers), "settings": asdict(settings), "prep": entry.preprocessing,
-                       "input": entry.input_name, "fg": str(study.foreground), "labels": str(study.labels),
-                       "ru": study.ru}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _save(cache_dir, key: str, m: ModelMetrics) -> None:
-    folder = Path(cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f"{key}.tmp.npz"
-    np.savez(partial, layers=np.array(m.layers), depths=np.array(m.depths), converged=m.converged,
-             correct=np.array([]) if m.correct is None else m.correct, **{f"v_{k}": v for k, v in m.values.items()})
-    partial.replace(folder / f"{key}.npz")
-
-
-def _load(cache_dir, key: str, entry: ModelEntry) -> ModelMetrics | None:
-    path = Path(cache_dir) / f"{key}.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        values = {k[2:]: data[k] for k in data.files if k.startswith("v_")}
-        correct = data["correct"].astype(bool) if data["correct"].size else None
-        return ModelMetrics(entry.name, entry.group, tuple(str(v) for v in data["layers"]),
-                            tuple(float(v) for v in data["depths"]), values, correct, data["converged"])
 
 
 def needed_depths(study: Study) -> tuple[float, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -42,8 +43,15 @@ def run(folder: Path, out: Path, grid: int | None, cid_only: bool, steps: int) -
 
     start = time.perf_counter()
     kwargs = {"methods": ["cid"], "controls": []} if cid_only else {}
-    result = localize(None, [folder], folder / "boxes.csv", settings=SolverSettings(grid=grid, steps=steps), device="cpu",
-                      **kwargs)
+    seen: dict[str, int] = {}
+
+    def progress(stage: str, advance: int, total: int) -> None:  # a line per tenth of each stage, to stderr
+        seen[stage] = seen.get(stage, 0) + advance
+        if total and (seen[stage] * 10 // total) != ((seen[stage] - advance) * 10 // total):
+            print(f"{time.perf_counter() - start:7.0f} s  {stage}: {seen[stage]}/{total}", file=sys.stderr, flush=True)
+
+    result = localize(None, [folder], folder / "boxes.csv", settings=SolverSettings(grid=grid, steps=steps),
+                      device="cpu", progress=progress, **kwargs)
     write_localization(result, out, overlays=0)
     print(json.dumps(result.summary_json() | {"seconds": time.perf_counter() - start}, indent=1, default=str))
 
@@ -69,8 +77,9 @@ def combine(outs: list[Path]) -> None:
           "(prob., n) | old normalised AUC |")
     print("|---|---|---|---|---|---|---|")
     for label, m in rows:
+        chosen = ", ".join(f"{f:.2f}" for f in m["cv_fractions"])
         print(f"| {label}{' (control)' if m['control'] else ''} | {m['loc_acc']:.3f} ± {m['loc_acc_se']:.3f} | "
-              f"**{m['loc_acc_cv']:.3f} ± {m['loc_acc_cv_se']:.3f}** ({', '.join(f'{f:.2f}' for f in m['cv_fractions'])}) | "
+              f"**{m['loc_acc_cv']:.3f} ± {m['loc_acc_cv_se']:.3f}** ({chosen}) | "
               f"{m['best_fraction']:.2f} → {m['loc_acc_best']:.3f} | {m['pointing_acc']:.3f} | "
               f"{m['deletion_auc']:.3f} ({m['deletion_images']}) | {m['deletion_auc_normalised']:.3f} |")
     if len(cid) > 1:

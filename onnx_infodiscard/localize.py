@@ -25,8 +25,8 @@ from .layers import list_layers, select_layers
 from .load import LoadedModel, load_model
 from .normalise import normalise
 from .localization import (
-    DEFAULT_FOLDS, DEFAULT_FRACTION, IOU_HIT, Box, best_option, box_from_map, cross_validated_accuracy, curve_area, deletion_curve,
-    deletion_score, fraction_preference, iou, pointing_hit, sweep_hits,
+    DEFAULT_FOLDS, DEFAULT_FRACTION, IOU_HIT, Box, best_option, box_from_map, cross_validated_accuracy, curve_area,
+    deletion_curve, deletion_score, fraction_preference, iou, pointing_hit, sweep_hits,
 )
 from .perturb import SolverSettings, resolve_device
 from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing

@@ -2,9 +2,10 @@
 shared CPU: one `localize` run per σ lattice, then CID's lattice chosen by cross-validation across
 the runs from their saved maps (the same pure functions and folds `localize(grids=...)` uses).
 
-    python benchmarks/localize_cv.py subset DIR [--every 5]      # every 5th benchmark image by name
+    python benchmarks/localize_cv.py subset DIR [--every 5] [--offset 0]  # every 5th benchmark image by name
     python benchmarks/localize_cv.py run DIR OUT [--grid G] [--cid-only] [--steps 100]
-    python benchmarks/localize_cv.py combine OUT...               # nested CV over the runs' CID maps
+    python benchmarks/localize_cv.py combine OUT...     # every map re-scored on the runs' pooled images;
+                                                        # CID's lattice and fraction chosen together by CV
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import numpy as np
 import torch
 
 
-def subset(folder: Path, every: int) -> None:
+def subset(folder: Path, every: int, offset: int) -> None:
     from onnx_infodiscard.embedded import BENCHMARK_MODEL
 
     source = BENCHMARK_MODEL.parent / "images"
     with open(source / "boxes.csv", newline="") as handle:
-        rows = sorted(csv.DictReader(handle), key=lambda row: row["file"])[::every]
+        rows = sorted(csv.DictReader(handle), key=lambda row: row["file"])[offset::every]
     folder.mkdir(parents=True, exist_ok=True)
     for row in rows:
         (folder / row["file"]).write_bytes((source / row["file"]).read_bytes())
@@ -56,38 +57,62 @@ def run(folder: Path, out: Path, grid: int | None, cid_only: bool, steps: int) -
     print(json.dumps(result.summary_json() | {"seconds": time.perf_counter() - start}, indent=1, default=str))
 
 
-def combine(outs: list[Path]) -> None:
-    from onnx_infodiscard.localization import cross_validated_accuracy, fraction_preference, sweep_hits
-    from onnx_infodiscard.localize import FRACTIONS
-
-    runs = [json.loads((out / "localization.json").read_text()) for out in outs]
-    truths = [tuple(image["truth"]) for image in runs[0]["images"]]
-    assert all([i["image"] for i in r["images"]] == [i["image"] for i in runs[0]["images"]] for r in runs)
-    folds, seed = runs[0]["protocol"]["folds"], runs[0]["protocol"]["seed"]
-    rows, cid = [], []
-    for out, result in zip(outs, runs):
+def _pooled(outs: list[Path]) -> dict[str, dict]:
+    """Every map of the runs, pooled over their image sets and sorted by image name (the order a single
+    `localize` on all the images would use): {map: {maps, truths, pointing, deletion, correct, ...}}."""
+    pooled: dict[str, dict] = {}
+    for out in outs:
+        result = json.loads((out / "localization.json").read_text())
         grid = result["protocol"]["grid"]
+        with np.load(out / "maps.npz") as maps:
+            stacks = {name: maps[name] for name in maps.files}
         for name, m in result["methods"].items():
             label = f"cid@{'pixel' if grid is None else f'grid{grid}'}" if name == "cid" else name
-            rows.append((label, m))
-            if name == "cid":
-                with np.load(out / "maps.npz") as maps:
-                    cid.append((label, sweep_hits(maps["cid"], truths, FRACTIONS)))
-    print("| map | loc (0.5) ± s.e. | loc CV ± s.e. (fractions per fold) | best on all | pointing | deletion AUC "
-          "(prob., n) | old normalised AUC |")
+            entry = pooled.setdefault(label, {"control": m["control"], "rows": [], "normalised": []})
+            entry["normalised"].append((m["deletion_auc_normalised"], len(result["images"])))
+            for i, image in enumerate(result["images"]):
+                entry["rows"].append((image["image"], stacks[name][i], tuple(image["truth"]), image["pointing"][name],
+                                      image["deletion_auc"][name], image["correct"]))
+    for entry in pooled.values():
+        entry["rows"].sort(key=lambda row: row[0])
+    names = {label: [row[0] for row in entry["rows"]] for label, entry in pooled.items()}
+    assert len({tuple(v) for v in names.values()}) == 1, "every map must cover the same images"
+    return pooled
+
+
+def combine(outs: list[Path], folds: int = 5, seed: int = 0) -> None:
+    from onnx_infodiscard.localization import (
+        DEFAULT_FRACTION, best_option, cross_validated_accuracy, fraction_preference, sweep_hits,
+    )
+    from onnx_infodiscard.localize import FRACTIONS
+
+    pooled = _pooled(outs)
+    fixed, preference = FRACTIONS.index(DEFAULT_FRACTION), fraction_preference(FRACTIONS)
+    n = len(next(iter(pooled.values()))["rows"])
+    print(f"{n} images, {folds}-fold CV, fold seed {seed}\n")
+    print("| map | loc (0.5) ± s.e. | **loc CV ± s.e.** (fraction per fold) | best on all (optimistic) | pointing | "
+          "deletion AUC of p (correct images) | old normalised AUC |")
     print("|---|---|---|---|---|---|---|")
-    for label, m in rows:
-        chosen = ", ".join(f"{f:.2f}" for f in m["cv_fractions"])
-        print(f"| {label}{' (control)' if m['control'] else ''} | {m['loc_acc']:.3f} ± {m['loc_acc_se']:.3f} | "
-              f"**{m['loc_acc_cv']:.3f} ± {m['loc_acc_cv_se']:.3f}** ({chosen}) | "
-              f"{m['best_fraction']:.2f} → {m['loc_acc_best']:.3f} | {m['pointing_acc']:.3f} | "
-              f"{m['deletion_auc']:.3f} ({m['deletion_images']}) | {m['deletion_auc_normalised']:.3f} |")
+    cid = []
+    for label, entry in pooled.items():
+        rows = entry["rows"]
+        hits = sweep_hits(np.stack([r[1] for r in rows]), [r[2] for r in rows], FRACTIONS)
+        if label.startswith("cid"):
+            cid.append((label, hits))
+        p, cv, best = hits[:, fixed].mean(), cross_validated_accuracy(hits, folds, seed, preference), None
+        best = best_option(hits, preference)
+        kept = [r[4] for r in rows if r[5]]
+        old = sum(v * k for v, k in entry["normalised"]) / sum(k for _, k in entry["normalised"])
+        chosen = ", ".join(f"{FRACTIONS[j]:.2f}" for j in cv.chosen)
+        print(f"| {label}{' (control)' if entry['control'] else ''} | {p:.3f} ± {np.sqrt(p * (1 - p) / n):.3f} | "
+              f"**{cv.accuracy:.3f} ± {cv.se:.3f}** ({chosen}) | {FRACTIONS[best]:.2f} → {hits[:, best].mean():.3f} | "
+              f"{np.mean([r[3] for r in rows]):.3f} | {np.mean(kept):.3f} ({len(kept)}) | {old:.3f} |")
     if len(cid) > 1:
         hits = np.concatenate([h for _, h in cid], axis=1)
         cv = cross_validated_accuracy(hits, folds, seed, fraction_preference(FRACTIONS, len(cid)))
         chosen = [f"{cid[j // len(FRACTIONS)][0]} {FRACTIONS[j % len(FRACTIONS)]:.2f}" for j in cv.chosen]
         print(f"\nCID, lattice and fraction chosen together by {folds}-fold CV among {[n for n, _ in cid]}: "
-              f"{cv.accuracy:.3f} ± {cv.se:.3f}; chosen per fold: {'; '.join(chosen)}")
+              f"**{cv.accuracy:.3f} ± {cv.se:.3f}**; chosen per fold: {'; '.join(chosen)}")
 
 
 def main() -> None:
@@ -97,6 +122,7 @@ def main() -> None:
     p = commands.add_parser("subset")
     p.add_argument("folder", type=Path)
     p.add_argument("--every", type=int, default=5)
+    p.add_argument("--offset", type=int, default=0)
     p = commands.add_parser("run")
     p.add_argument("folder", type=Path)
     p.add_argument("out", type=Path)
@@ -107,7 +133,7 @@ def main() -> None:
     p.add_argument("outs", type=Path, nargs="+")
     args = parser.parse_args()
     if args.command == "subset":
-        subset(args.folder, args.every)
+        subset(args.folder, args.every, args.offset)
     elif args.command == "run":
         run(args.folder, args.out, args.grid, args.cid_only, args.steps)
     else:

@@ -82,7 +82,8 @@ def _pooled(outs: list[Path]) -> dict[str, dict]:
 
 def combine(outs: list[Path], folds: int = 5, seed: int = 0) -> None:
     from onnx_infodiscard.localization import (
-        DEFAULT_FRACTION, best_option, cross_validated_accuracy, fraction_preference, sweep_hits,
+        DEFAULT_FRACTION, best_option, cross_validated_accuracy, cross_validated_choice, fraction_preference,
+        sweep_hits,
     )
     from onnx_infodiscard.localize import FRACTIONS
 
@@ -99,18 +100,18 @@ def combine(outs: list[Path], folds: int = 5, seed: int = 0) -> None:
         hits = sweep_hits(np.stack([r[1] for r in rows]), [r[2] for r in rows], FRACTIONS)
         if label.startswith("cid"):
             cid.append((label, hits))
-        p, cv, best = hits[:, fixed].mean(), cross_validated_accuracy(hits, folds, seed, preference), None
+        p, cv = hits[:, fixed].mean(), cross_validated_accuracy(hits, folds, seed, preference)
         best = best_option(hits, preference)
         kept = [r[4] for r in rows if r[5]]
         old = sum(v * k for v, k in entry["normalised"]) / sum(k for _, k in entry["normalised"])
         chosen = ", ".join(f"{FRACTIONS[j]:.2f}" for j in cv.chosen)
         print(f"| {label}{' (control)' if entry['control'] else ''} | {p:.3f} ± {np.sqrt(p * (1 - p) / n):.3f} | "
-              f"**{cv.accuracy:.3f} ± {cv.se:.3f}** ({chosen}) | {FRACTIONS[best]:.2f} → {hits[:, best].mean():.3f} | "
+              f"**{cv.accuracy:.3f} ± {cv.se:.3f}** ({chosen}) | "
+              f"{FRACTIONS[best]:.2f} → {hits[:, best].mean():.3f} | "
               f"{np.mean([r[3] for r in rows]):.3f} | {np.mean(kept):.3f} ({len(kept)}) | {old:.3f} |")
     if len(cid) > 1:
-        hits = np.concatenate([h for _, h in cid], axis=1)
-        cv = cross_validated_accuracy(hits, folds, seed, fraction_preference(FRACTIONS, len(cid)))
-        chosen = [f"{cid[j // len(FRACTIONS)][0]} {FRACTIONS[j % len(FRACTIONS)]:.2f}" for j in cv.chosen]
+        cv, picks = cross_validated_choice([h for _, h in cid], FRACTIONS, folds, seed)
+        chosen = [f"{cid[g][0]} {f:.2f}" for g, f in picks]
         print(f"\nCID, lattice and fraction chosen together by {folds}-fold CV among {[n for n, _ in cid]}: "
               f"**{cv.accuracy:.3f} ± {cv.se:.3f}**; chosen per fold: {'; '.join(chosen)}")
 

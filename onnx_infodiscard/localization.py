@@ -176,3 +176,12 @@ def fraction_preference(fractions: Sequence[float], groups: int = 1) -> np.ndarr
     first, then the earlier block (e.g. the first grid listed)."""
     distance = np.abs(np.asarray(fractions, dtype=np.float64) - DEFAULT_FRACTION)
     return np.tile(distance, groups) + np.repeat(np.arange(groups), len(fractions)) * 1e-6
+
+
+def cross_validated_choice(sweeps: Sequence[np.ndarray], fractions: Sequence[float], k: int = DEFAULT_FOLDS,
+                           seed: int = 0) -> tuple[CrossValidated, list[tuple[int, float]]]:
+    """Choose a map (e.g. CID's σ lattice) and its fraction together on k−1 folds, score on the held-out
+    fold. `sweeps`: one (N, len(fractions)) hits array per candidate map. Returns the result and, per
+    fold, (candidate index, fraction) chosen."""
+    cv = cross_validated_accuracy(np.concatenate(sweeps, axis=1), k, seed, fraction_preference(fractions, len(sweeps)))
+    return cv, [(j // len(fractions), fractions[j % len(fractions)]) for j in cv.chosen]

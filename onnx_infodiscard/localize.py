@@ -25,8 +25,9 @@ from .layers import list_layers, select_layers
 from .load import LoadedModel, load_model
 from .normalise import normalise
 from .localization import (
-    DEFAULT_FOLDS, DEFAULT_FRACTION, IOU_HIT, Box, best_option, box_from_map, cross_validated_accuracy, curve_area,
-    deletion_curve, deletion_score, fraction_preference, iou, pointing_hit, sweep_hits,
+    DEFAULT_FOLDS, DEFAULT_FRACTION, IOU_HIT, Box, best_option, box_from_map, cross_validated_accuracy,
+    cross_validated_choice, curve_area, deletion_curve, deletion_score, fraction_preference, iou, pointing_hit,
+    sweep_hits,
 )
 from .perturb import SolverSettings, resolve_device
 from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
@@ -418,13 +419,10 @@ def _grid_choice(scores: Sequence[MethodScore], sweeps: dict[str, np.ndarray], f
     choice = {}
     for layer in dict.fromkeys(s.layer for s in scores if s.method == "cid"):
         group = [s for s in scores if s.method == "cid" and s.layer == layer]
-        hits = np.concatenate([sweeps[s.name] for s in group], axis=1)
-        cv = cross_validated_accuracy(hits, folds, seed, fraction_preference(FRACTIONS, len(group)))
-        base = group[0].name.rsplit("@", 1)[0]
-        choice[base] = {
+        cv, chosen = cross_validated_choice([sweeps[s.name] for s in group], FRACTIONS, folds, seed)
+        choice[group[0].name.rsplit("@", 1)[0]] = {
             "candidates": [s.name for s in group], "loc_acc_cv": cv.accuracy, "loc_acc_cv_se": cv.se,
-            "chosen": [{"map": group[j // len(FRACTIONS)].name, "grid": group[j // len(FRACTIONS)].grid,
-                        "fraction": FRACTIONS[j % len(FRACTIONS)]} for j in cv.chosen],
+            "chosen": [{"map": group[g].name, "grid": group[g].grid, "fraction": f} for g, f in chosen],
         }
     return choice
 

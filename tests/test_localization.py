@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from onnx_infodiscard.localization import (
-    DEFAULT_FRACTION, best_option, box_from_map, cross_validated_accuracy, deletion_curve, deletion_score,
-    fraction_preference, image_folds, iou, localized, pointing_hit, sweep_hits,
+    DEFAULT_FRACTION, best_option, box_from_map, cross_validated_accuracy, cross_validated_choice, deletion_curve,
+    deletion_score, fraction_preference, image_folds, iou, localized, pointing_hit, sweep_hits,
 )
 
 
@@ -117,6 +117,22 @@ def test_ties_go_to_the_fraction_nearest_the_fixed_one_then_the_first_group():
     two_grids = np.concatenate([hits, hits], axis=1)
     assert best_option(two_grids, fraction_preference(fractions, 2)) == 2  # the first grid's 0.5
     assert DEFAULT_FRACTION == 0.5
+
+
+def test_a_map_and_its_fraction_are_chosen_together_on_the_training_folds_only():
+    """Two lattices: the coarse one hits every image at 0.3 except fold f's, where only the fine one
+    hits (at 0.7). Choosing on the other folds always prefers coarse 0.3: the held-out images are lost."""
+    fractions = (0.3, 0.5, 0.7)
+    n, folds = 15, image_folds(15, 5, seed=2)
+    fine, coarse = np.zeros((n, 3), dtype=bool), np.ones((n, 3), dtype=bool)
+    coarse[:, 1:] = False
+    for fold in folds[:1]:
+        coarse[fold, 0], fine[fold, 2] = False, True
+    cv, chosen = cross_validated_choice([fine, coarse], fractions, k=5, seed=2)
+    assert chosen[0] == (1, 0.3) and cv.accuracy == pytest.approx(12 / 15)  # fold 0 lost, the rest kept
+    assert all(choice == (1, 0.3) for choice in chosen)
+    both = np.concatenate([fine, coarse], axis=1)
+    assert both[:, best_option(both)].mean() == pytest.approx(12 / 15)
 
 
 def test_cross_validation_needs_two_images():

@@ -103,7 +103,8 @@ def combine(outs: list[Path], folds: int = 5, seed: int = 0) -> None:
         p, cv = hits[:, fixed].mean(), cross_validated_accuracy(hits, folds, seed, preference)
         best = best_option(hits, preference)
         kept = [r[4] for r in rows if r[5]]
-        old = sum(v * k for v, k in entry["normalised"]) / sum(k for _, k in entry["normalised"])
+        weighted = [(v, k) for v, k in entry["normalised"] if v is not None]
+        old = sum(v * k for v, k in weighted) / sum(k for _, k in weighted) if weighted else float("nan")
         chosen = ", ".join(f"{FRACTIONS[j]:.2f}" for j in cv.chosen)
         print(f"| {label}{' (control)' if entry['control'] else ''} | {p:.3f} ± {np.sqrt(p * (1 - p) / n):.3f} | "
               f"**{cv.accuracy:.3f} ± {cv.se:.3f}** ({chosen}) | "

@@ -253,9 +253,10 @@ def localize(
         "fraction": DEFAULT_FRACTION,
         "fraction_sweep": list(FRACTIONS),
         "thresholds": f"loc_acc: the fixed fraction {DEFAULT_FRACTION}. loc_acc_cv: for every map alike, the fraction "
-                      f"of fraction_sweep with the most hits on {folds - 1} of {folds} folds of images (ties: nearest "
-                      f"{DEFAULT_FRACTION}), scored on the held-out fold, each fold in turn; ± binomial s.e. over the "
-                      "images. loc_acc_best: the best fraction on all images (chosen on the test images: optimistic)",
+                      f"chosen by {folds}-fold cross-validation over images: the fraction of fraction_sweep with the "
+                      f"most hits on {folds - 1} of the {folds} folds (ties: nearest {DEFAULT_FRACTION}), scored on "
+                      "the held-out fold, each fold in turn (cv_fractions); ± binomial s.e. over the images. "
+                      "loc_acc_best: the best fraction on all images (chosen on the test images: optimistic)",
         "folds": folds,
         "fold_rule": f"a permutation of the images (in input order) by numpy default_rng(seed={settings.seed}), "
                      "split into equal parts",

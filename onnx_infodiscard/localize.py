@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +22,22 @@ from .embedded import BENCHMARK_MODEL
 from .errors import InputError, close_matches
 from .images import CanonicalImage, box_mask, read_boxes
 from .load import load_model
-from .output.encode import SCHEMA_VERSION
-from .localization import DEFAULT_FRACTION, Box, box_from_map, deletion_curve, iou, pointing_hit
+from .localization import (
+    DEFAULT_FOLDS, DEFAULT_FRACTION, IOU_HIT, Box, best_option, box_from_map, cross_validated_accuracy,
+    cross_validated_choice, curve_area, deletion_curve, deletion_score, fraction_preference, iou, pointing_hit,
+    sweep_hits,
+)
+from .output.encode import LOCALIZATION_SCHEMA_VERSION as SCHEMA_VERSION
 from .perturb import SolverSettings
 from .preprocess import Preprocessing
 from .rowcache import RowCache
 from .session import open_session
 
-#: The threshold sweep reported beside the fixed rule (chosen on the same images: optimistic).
+#: The threshold fractions among which cross-validation chooses (and the optimistic best-on-all).
 FRACTIONS = tuple(round(f, 2) for f in np.arange(0.05, 1.0, 0.05))
 DELETION_STEPS = 20
-IOU_HIT = 0.5
+#: CID's σ lattices when neither `grids` nor `settings.grid` says: None = one σ per pixel.
+DEFAULT_GRIDS: tuple[int | None, ...] = (None,)
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,17 @@ class MethodScore:
     loc_acc_se: float  # binomial standard error
     mean_iou: float
     pointing_acc: float
-    deletion_auc: float  # mean normalised area under the class-score deletion curve; lower = more faithful
+    deletion_auc: float  # mean area under the target's probability, correctly classified images; lower = more faithful
     best_fraction: float
-    loc_acc_best: float  # at best_fraction, picked on these same images
-    deletion_curve: tuple[float, ...]  # mean normalised score after each deletion step
+    loc_acc_best: float  # at best_fraction, picked on these same images (optimistic)
+    deletion_curve: tuple[float, ...]  # mean probability after each deletion step (same images)
+    loc_acc_cv: float = float("nan")  # fraction chosen on k−1 folds, scored on the held-out one
+    loc_acc_cv_se: float = float("nan")  # binomial standard error over the images
+    cv_fractions: tuple[float, ...] = ()  # the fraction chosen for each fold
+    grid: int | None = None  # CID's σ lattice (None: per pixel); None for every other map
+    deletion_images: int = 0  # correctly classified images in deletion_auc
+    deletion_auc_normalised: float = float("nan")  # old rule, kept one release: area / clean probability, all images
+    deletion_curve_normalised: tuple[float, ...] = ()
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "name"}
@@ -66,7 +78,8 @@ class ImageScore:
     boxes: dict[str, Box]
     ious: dict[str, float]
     pointing: dict[str, bool]
-    deletion_auc: dict[str, float]
+    deletion_auc: dict[str, float]  # area under the target's probability (not normalised)
+    correct: bool = True  # the model's clean prediction is the target: the image enters deletion_auc
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,7 @@ class Localization:
     canonical_images: tuple[np.ndarray, ...] = field(repr=False)
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
+    grid_choice: dict = field(default_factory=dict)  # CID's grid and fraction chosen jointly by CV, per layer
 
     def method(self, name: str) -> MethodScore:
         return next(m for m in self.methods if m.name == name)
@@ -98,6 +112,7 @@ class Localization:
         """What `--json` prints: the per-method scores, the image count and the protocol."""
         return {
             "methods": {m.name: m.to_json() for m in self.methods},
+            "grid_choice": self.grid_choice,
             "n_images": len(self.images),
             "protocol": self.protocol,
             "verdict": self.verdict,
@@ -137,6 +152,8 @@ def localize(
     cache: RowCache | None = None,
     ray: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    grids: Sequence[int | None] | None = None,
+    folds: int = DEFAULT_FOLDS,
 ) -> Localization:
     """Score each method's map (and each control's) against the true boxes.
 
@@ -144,9 +161,15 @@ def localize(
     or boxes, the card's. Layers: as given, else the deepest of the card's suggested layers, else
     the deepest `auto` layer; CID and Grad-CAM are computed at each. The class scored is the boxes
     CSV's `label` column when it has one (index or class name), else the model's prediction.
+    CID runs once per σ lattice in `grids` (None = per pixel; default `settings.grid` if set, else
+    DEFAULT_GRIDS); with several, its grid is chosen with the threshold by `folds`-fold
+    cross-validation over images (`grid_choice`), never on the images it is scored on.
     """
     start = time.perf_counter()
     methods, controls = _checked(methods, MODEL_METHODS, "method"), _checked(controls, CONTROLS, "control")
+    grids = _grids(grids, settings)
+    if folds < 2:
+        raise InputError(f"{folds} folds: cross-validation needs at least 2 (default {DEFAULT_FOLDS})", option="folds")
     report_progress = progress or (lambda stage, advance, total: None)
     model = Path(model) if model is not None else _benchmark_model()
     loaded = load_model(model)
@@ -170,15 +193,17 @@ def localize(
     maps: dict[str, np.ndarray] = {}
     kinds: dict[str, tuple[str, str | None]] = {}
     notes: list[str] = []
-    if "cid" in methods:
-        report = analyze(session, layers=layer_names, settings=settings, cache=cache, ray=ray, progress=progress)
+    grid_of: dict[str, int | None] = {}
+    for grid in grids if "cid" in methods else ():
+        grid_settings = replace(settings, grid=grid)
+        report = analyze(session, layers=layer_names, settings=grid_settings, cache=cache, ray=ray, progress=progress)
         for layer in layer_names:
             results = [r for r in report.results if r.layer == layer]
-            maps[name_of("cid", layer)] = np.stack([r.sensitivity for r in results])
-            kinds[name_of("cid", layer)] = ("cid", layer)
+            name = _grid_name(name_of("cid", layer), grid, len(grids) > 1)
+            maps[name], kinds[name], grid_of[name] = np.stack([r.sensitivity for r in results]), ("cid", layer), grid
             missed = [r.image for r in results if not r.converged]
             if missed:
-                notes.append(f"CID at {layer}: {len(missed)} images missed the budget (|D/τ−1| > "
+                notes.append(f"{name}: {len(missed)} images missed the budget (|D/τ−1| > "
                              f"{settings.tolerance}): {', '.join(missed[:3])}; their maps are scored anyway")
     for method in (m for m in methods if m != "cid"):
         for layer in (layer_names if method == "gradcam" else [None]):
@@ -191,6 +216,7 @@ def localize(
         kinds[control] = (control, None)
 
     score = _class_score(classifier, torch_device, clean)
+    correct = (clean.argmax(1) == torch.as_tensor(targets)).tolist()
     per_image = {name: [] for name in maps}
     image_scores = []
     for i, image in enumerate(canonical):
@@ -200,24 +226,44 @@ def localize(
             found[name] = box_from_map(stack[i])
             ious[name] = iou(found[name], truths[i])
             hits[name] = bool(pointing_hit(stack[i], truths[i]))
-            curve, aucs[name] = deletion_curve(lambda b, t=targets[i]: score(b, t), image.pixels, stack[i],
-                                               DELETION_STEPS, fill)
-            per_image[name].append(curve[:, 1] / curve[0, 1] if curve[0, 1] else curve[:, 1] * np.nan)
-        image_scores.append(ImageScore(image.name, truths[i], int(targets[i]), found, ious, hits, aucs))
+            curve, _ = deletion_curve(lambda b, t=targets[i]: score(b, t), image.pixels, stack[i], DELETION_STEPS, fill)
+            per_image[name].append(curve)
+            aucs[name] = curve_area(curve)
+        image_scores.append(ImageScore(image.name, truths[i], int(targets[i]), found, ious, hits, aucs,
+                                       bool(correct[i])))
         report_progress("localisation and deletion (images)", 1, len(canonical))
 
-    scores = tuple(_method_score(name, kinds[name], maps[name], truths, image_scores, per_image[name])
-                   for name in maps)
-    verdict, beaten = _verdict(scores)
+    sweeps = {name: sweep_hits(maps[name], truths, FRACTIONS) for name in maps}
+    scores = tuple(_method_score(name, kinds[name], grid_of.get(name), sweeps[name], image_scores, per_image[name],
+                                 folds, settings.seed) for name in maps)
+    grid_choice = _grid_choice(scores, sweeps, folds, settings.seed) if len(grids) > 1 else {}
+    verdict, beaten = _verdict(scores, grid_choice)
     protocol = {
         "box_rule": f"threshold the map at a fraction of its maximum (fixed in advance: {DEFAULT_FRACTION}); "
                     "bounding box of the largest 4-connected region at or above it",
         "fraction": DEFAULT_FRACTION,
         "fraction_sweep": list(FRACTIONS),
+        "thresholds": f"loc_acc: the fixed fraction {DEFAULT_FRACTION}. loc_acc_cv: for every map alike, the fraction "
+                      f"chosen by {folds}-fold cross-validation over images: the fraction of fraction_sweep with the "
+                      f"most hits on {folds - 1} of the {folds} folds (ties: nearest {DEFAULT_FRACTION}), scored on "
+                      "the held-out fold, each fold in turn (cv_fractions); ± binomial s.e. over the images. "
+                      "loc_acc_best: the best fraction on all images (chosen on the test images: optimistic)",
+        "folds": folds,
+        "fold_rule": f"a permutation of the images (in input order) by numpy default_rng(seed={settings.seed}), "
+                     "split into equal parts",
+        "grids": ["pixel" if g is None else g for g in grids],
+        "grid_rule": ("CID's σ lattice and threshold fraction chosen jointly on the same k−1 folds, scored on the "
+                      "held-out fold (grid_choice; ties: nearest fraction, then the grid listed first); never on the "
+                      "test images" if len(grids) > 1 else
+                      "one lattice, fixed in advance (settings.grid, else DEFAULT_GRIDS); not tuned"),
         "hit": f"IoU >= {IOU_HIT} with the true box (model resolution)",
         "pointing": "the map's maximum lies inside the true box",
         "deletion": f"most relevant pixels first, {DELETION_STEPS} equal steps, deleted pixels set to the image's "
-                    "mean colour; score = softmax probability of the target class; area under the curve / clean score",
+                    "mean colour; score = softmax probability of the target class; deletion_auc = area under the "
+                    "probability itself (in [0, 1], not normalised), averaged over the correctly classified images "
+                    "(deletion_images)",
+        "deletion_normalised": "deprecated, one release: deletion_auc_normalised = area / the image's clean "
+                               "probability, averaged over all images (barely recognised images dominate it)",
         "target": target_rule,
         "cid_map": "sensitivity 1/σ² at the layer (METHOD §5), τ and steps as in settings",
         "gradcam": "Captum LayerGradCam at the layer, ReLU, bilinear upsampling",
@@ -225,8 +271,8 @@ def localize(
         "ig": f"Captum IntegratedGradients, black baseline, {IG_STEPS} steps, |attribution| summed over channels",
         "controls": {"brightness": "pixel intensity", "contrast": "local std in a 5×5 window",
                      "edges": "Sobel gradient magnitude", "center": "Gaussian at the image centre, σ = side/4"},
-        "tau": settings.tau, "steps": settings.steps, "samples": settings.samples, "grid": settings.grid,
-        "seed": settings.seed,
+        "tau": settings.tau, "steps": settings.steps, "samples": settings.samples,
+        "grid": grids[0] if len(grids) == 1 else "chosen by cross-validation (grid_choice)", "seed": settings.seed,
     }
     from . import __version__
 
@@ -235,7 +281,7 @@ def localize(
         settings=settings, preprocessing=session.preprocessing, device=str(torch_device), crosscheck=session.crosscheck,
         methods=scores, images=tuple(image_scores), protocol=protocol, verdict=verdict, controls_beaten=beaten,
         maps=maps, canonical_images=tuple(image.pixels for image in canonical),
-        seconds=time.perf_counter() - start, notes=tuple(notes),
+        seconds=time.perf_counter() - start, notes=tuple(notes), grid_choice=grid_choice,
     )
 
 
@@ -317,44 +363,85 @@ def _class_score(classifier: Classifier, device: torch.device, clean: torch.Tens
     return score
 
 
-def _method_score(name, kind, stack, truths, images: Sequence[ImageScore], curves) -> MethodScore:
+def _grids(grids: Sequence[int | None] | None, settings: SolverSettings) -> tuple[int | None, ...]:
+    """The σ lattices CID runs on: as given, else settings.grid when set, else DEFAULT_GRIDS."""
+    if not grids:
+        return (settings.grid,) if settings.grid is not None else DEFAULT_GRIDS
+    for grid in grids:
+        if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid <= 0):
+            raise InputError(f"{grid!r} is not a grid size; give positive integers (e.g. 16) or None for one σ per "
+                             "pixel", option="grids")
+    return tuple(dict.fromkeys(grids))
+
+
+def _grid_name(name: str, grid: int | None, several: bool) -> str:
+    """'cid' alone with one lattice; 'cid@pixel', 'cid@grid16' (after any '@LAYER') with several."""
+    return f"{name}@{'pixel' if grid is None else f'grid{grid}'}" if several else name
+
+
+def _method_score(name, kind, grid, sweep: np.ndarray, images: Sequence[ImageScore], curves, folds: int,
+                  seed: int) -> MethodScore:
+    """One map's scores; `sweep` (images, FRACTIONS) says which images it localises at each fraction."""
     hits = np.array([image.ious[name] >= IOU_HIT for image in images])
-    sweep = {f: np.mean([iou(box_from_map(m, f), t) >= IOU_HIT for m, t in zip(stack, truths)]) for f in FRACTIONS}
-    best = max(sweep, key=lambda f: (sweep[f], -abs(f - DEFAULT_FRACTION)))
+    preference = fraction_preference(FRACTIONS)
+    best = best_option(sweep, preference)  # on all the images: optimistic
+    cv = cross_validated_accuracy(sweep, folds, seed, preference)
+    deletion = deletion_score(np.stack(curves), [image.correct for image in images])
     n = len(images)
     return MethodScore(
         name=name, method=kind[0], control=kind[0] in CONTROLS, layer=kind[1],
         loc_acc=float(hits.mean()), loc_acc_se=float(np.sqrt(hits.mean() * (1 - hits.mean()) / n)),
         mean_iou=float(np.mean([image.ious[name] for image in images])),
         pointing_acc=float(np.mean([image.pointing[name] for image in images])),
-        deletion_auc=float(np.nanmean([image.deletion_auc[name] for image in images])),
-        best_fraction=float(best), loc_acc_best=float(sweep[best]),
-        deletion_curve=tuple(float(v) for v in np.nanmean(np.stack(curves), axis=0)),
+        deletion_auc=deletion.auc, best_fraction=FRACTIONS[best], loc_acc_best=float(sweep[:, best].mean()),
+        deletion_curve=deletion.curve, loc_acc_cv=cv.accuracy, loc_acc_cv_se=cv.se,
+        cv_fractions=tuple(FRACTIONS[j] for j in cv.chosen), grid=grid, deletion_images=deletion.n_images,
+        deletion_auc_normalised=deletion.auc_normalised, deletion_curve_normalised=deletion.curve_normalised,
     )
 
 
-def _verdict(scores: Sequence[MethodScore]) -> tuple[str, bool]:
-    """Which method localises best and by how much; whether any model-free control does as well."""
-    methods = sorted((s for s in scores if not s.control), key=lambda s: -s.loc_acc)
+def _grid_choice(scores: Sequence[MethodScore], sweeps: dict[str, np.ndarray], folds: int, seed: int) -> dict:
+    """Per layer, CID's lattice and fraction chosen together on k−1 folds and scored on the held-out one."""
+    choice = {}
+    for layer in dict.fromkeys(s.layer for s in scores if s.method == "cid"):
+        group = [s for s in scores if s.method == "cid" and s.layer == layer]
+        cv, chosen = cross_validated_choice([sweeps[s.name] for s in group], FRACTIONS, folds, seed)
+        choice[group[0].name.rsplit("@", 1)[0]] = {
+            "candidates": [s.name for s in group], "loc_acc_cv": cv.accuracy, "loc_acc_cv_se": cv.se,
+            "chosen": [{"map": group[g].name, "grid": group[g].grid, "fraction": f} for g, f in chosen],
+        }
+    return choice
+
+
+def _verdict(scores: Sequence[MethodScore], grid_choice: dict | None = None) -> tuple[str, bool]:
+    """Which method localises best under cross-validated thresholds (CID's grid chosen the same way),
+    by how much, and whether any model-free control does as well."""
+    grid_choice = grid_choice or {}
+    chosen_in = {name for entry in grid_choice.values() for name in entry["candidates"]}
+    ranked = [(s.name, s.loc_acc_cv, s.loc_acc_cv_se) for s in scores if not s.control and s.name not in chosen_in]
+    ranked += [(f"{base} (grid chosen by CV)", e["loc_acc_cv"], e["loc_acc_cv_se"]) for base, e in grid_choice.items()]
+    ranked.sort(key=lambda r: -np.nan_to_num(r[1], nan=-1.0))
+    methods = [s for s in scores if not s.control]
     controls = [s for s in scores if s.control]
     if not methods:
         return "only model-free controls were run: nothing to compare", False
-    best = methods[0]
-    text = f"best localisation: {best.name} {best.loc_acc:.3f} ± {best.loc_acc_se:.3f}"
-    if len(methods) > 1:
-        runner = methods[1]
-        text += f", {best.loc_acc - runner.loc_acc:+.3f} over {runner.name} ({runner.loc_acc:.3f})"
+    name, acc, se = ranked[0]
+    text = f"best localisation (threshold chosen by cross-validation): {name} {acc:.3f} ± {se:.3f}"
+    if len(ranked) > 1:
+        text += f", {acc - ranked[1][1]:+.3f} over {ranked[1][0]} ({ranked[1][1]:.3f} ± {ranked[1][2]:.3f})"
+    faithful = min(methods, key=lambda s: np.nan_to_num(s.deletion_auc, nan=np.inf))
+    text += f"; most faithful by deletion: {faithful.name} (AUC {faithful.deletion_auc:.3f})"
     if not controls:
         return text + "; no model-free control was run, so the benchmark itself is untested", False
-    top_loc = max(controls, key=lambda s: s.loc_acc)
+    top_loc = max(controls, key=lambda s: np.nan_to_num(s.loc_acc_cv, nan=-1.0))
     top_point = max(controls, key=lambda s: s.pointing_acc)
     best_point = max(methods, key=lambda s: s.pointing_acc)
-    beaten = top_loc.loc_acc < best.loc_acc and top_point.pointing_acc < best_point.pointing_acc
+    beaten = bool(top_loc.loc_acc_cv < acc and top_point.pointing_acc < best_point.pointing_acc)
     if beaten:
-        text += (f"; every model-free control scores below it (best control: {top_loc.name} {top_loc.loc_acc:.3f} "
-                 f"localisation, {top_point.name} {top_point.pointing_acc:.3f} pointing)")
+        text += (f"; every model-free control scores below it (best control: {top_loc.name} "
+                 f"{top_loc.loc_acc_cv:.3f} localisation, {top_point.name} {top_point.pointing_acc:.3f} pointing)")
     else:
-        text += (f"; WARNING: a model-free control does as well ({top_loc.name} {top_loc.loc_acc:.3f} localisation, "
-                 f"{top_point.name} {top_point.pointing_acc:.3f} pointing): this data set cannot support a claim "
-                 "about which method localises best")
+        text += (f"; WARNING: a model-free control does as well ({top_loc.name} {top_loc.loc_acc_cv:.3f} "
+                 f"localisation, {top_point.name} {top_point.pointing_acc:.3f} pointing): this data set cannot "
+                 "support a claim about which method localises best")
     return text, beaten

@@ -82,12 +82,43 @@ def test_every_model_map_finds_the_only_region_the_model_uses(known):
     scores = {m.name: m for m in result.methods}
     for name in ("cid", "gradcam", "gradient", "ig"):
         assert scores[name].loc_acc == 1.0, (name, [image.boxes[name] for image in result.images])
+        assert scores[name].loc_acc_cv == 1.0 and scores[name].cv_fractions == (0.5,) * 5, name
         assert scores[name].pointing_acc == 1.0, name
+        assert scores[name].deletion_images == 6 and 0 <= scores[name].deletion_auc <= 1, name
     for name in ("brightness", "contrast", "edges"):  # noise images: the pixels say nothing about the region
         assert scores[name].loc_acc == 0.0, name
     assert result.controls_beaten and "every model-free control scores below" in result.verdict
+    assert "cross-validation" in result.verdict and result.grid_choice == {}
+    assert result.protocol["folds"] == 5 and result.protocol["grids"] == ["pixel"]
     assert result.protocol["target"].startswith("the model's predicted class")
     assert [m.name for m in result.methods][:4] == ["cid", "gradcam", "gradient", "ig"]
+
+
+def test_grids_are_scored_each_and_chosen_by_cross_validation(known):
+    model = known / "region.onnx"
+    result = localize(model, [known / "images"], known / "boxes.csv", [mul_layer(model)], methods=["cid"],
+                      controls=[], settings=QUICK, device="cpu", grids=(None, 10), folds=3)
+    scores = {m.name: m for m in result.methods}
+    assert set(scores) == {"cid@pixel", "cid@grid10"}
+    assert scores["cid@pixel"].grid is None and scores["cid@grid10"].grid == 10
+    coarse = result.maps["cid@grid10"][0]  # 40 px on a 10×10 lattice: constant on 4×4 cells
+    assert np.ptp(coarse.reshape(10, 4, 10, 4), axis=(1, 3)).max() == 0 and np.ptp(result.maps["cid@pixel"][0]) > 0
+    choice = result.grid_choice["cid"]
+    assert choice["candidates"] == ["cid@pixel", "cid@grid10"] and len(choice["chosen"]) == 3
+    assert choice["loc_acc_cv"] == 1.0 and {c["grid"] for c in choice["chosen"]} <= {None, 10}
+    assert result.protocol["grids"] == ["pixel", 10] and "jointly" in result.protocol["grid_rule"]
+    assert "cid (grid chosen by CV) 1.000" in result.verdict
+    assert result.summary_json()["grid_choice"] == result.grid_choice
+
+
+@pytest.mark.parametrize("bad", [{"grids": (0,)}, {"grids": (None, 2.5)}, {"folds": 1}])
+def test_bad_grids_and_folds_name_their_argument(known, bad):
+    from onnx_infodiscard.errors import InputError
+
+    with pytest.raises(InputError) as caught:
+        localize(known / "region.onnx", [known / "images"], known / "boxes.csv", methods=["gradient"], controls=[],
+                 device="cpu", **bad)
+    assert caught.value.option == next(iter(bad))
 
 
 def test_gradcam_probe_matches_gradcam_from_the_layer_gradient():
@@ -151,6 +182,9 @@ def test_the_benchmark_runs_end_to_end_through_the_cli(benchmark_subset, tmp_pat
     for scores in summary["methods"].values():
         assert 0 <= scores["loc_acc"] <= 1 and 0 <= scores["pointing_acc"] <= 1
         assert scores["deletion_auc"] >= 0 and len(scores["deletion_curve"]) == 21
+        assert 0 <= scores["loc_acc_cv"] <= 1 and scores["loc_acc_cv_se"] >= 0 and len(scores["cv_fractions"]) == 5
+        assert "deletion_auc_normalised" in scores and scores["deletion_images"] <= 6
+    assert "cross-validation" in summary["protocol"]["thresholds"] and summary["protocol"]["grids"] == ["pixel"]
     assert isinstance(summary["verdict"], str) and summary["verdict"]
     files = {p.name for p in out.iterdir()}
     assert {"localization.json", "methods.csv", "images.csv", "maps.npz", "localization.png", "overlays"} <= files

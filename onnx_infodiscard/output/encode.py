@@ -19,6 +19,8 @@ import numpy as np
 #: The version of every JSON file the tool writes (report.json, comparison.json, localization.json, the
 #: `--json` summaries). Bump it when a field changes meaning or disappears.
 SCHEMA_VERSION = 1
+#: localization.json: 2 added loc_acc_cv, grids and the deletion AUC of the probability itself (#16).
+LOCALIZATION_SCHEMA_VERSION = 2
 
 
 def json_safe(value):

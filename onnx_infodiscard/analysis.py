@@ -20,7 +20,7 @@ from .images import (
 )
 from .layers import Layer
 from .load import load_model
-from .normalise import image_input, _dims
+from .passes import dims as _dims, image_input
 from .perturb import RECONSTRUCTION_FLOOR, Distortion, Pipeline, SolverSettings, resolve_device, solve
 from .ru import DecoderConfig, trained_decoder
 from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
@@ -348,7 +348,7 @@ def model_input_shape(proto, input_name, input_shape) -> tuple[int, ...]:
     """The image input's dims (batch 1) before normalisation, to size the canonical image."""
     if input_shape is not None:
         return (1, *[int(v) for v in list(input_shape)[1:]])
-    from .normalise import drop_initializer_inputs
+    from .passes import drop_initializer_inputs
 
     copy = type(proto)()
     copy.CopyFrom(proto)

@@ -12,7 +12,7 @@ from torch import fx, nn
 
 from .errors import ConversionError
 from .layers import Layer
-from .normalise import NormalisedModel, unconvertible_nodes
+from .passes import NormalisedModel, unconvertible_nodes
 
 #: Per-sample features of a batch may differ from single runs by float reordering only.
 BATCH_SAFETY_RTOL = 1e-4

@@ -23,7 +23,7 @@ from .errors import InputError, close_matches
 from .images import CanonicalImage, box_mask, find_images, load_images, read_boxes
 from .layers import list_layers, select_layers
 from .load import LoadedModel, load_model
-from .normalise import normalise
+from .passes import normalise
 from .localization import DEFAULT_FRACTION, Box, box_from_map, deletion_curve, iou, pointing_hit
 from .perturb import SolverSettings, resolve_device
 from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing

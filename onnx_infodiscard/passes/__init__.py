@@ -24,8 +24,9 @@ from .inputs import (
     fix_input_shape,
     image_input,
 )
+from .lowering import explicit_split, lower_gelu
 from .opset import convert_opset, lower_ir_version
-from .padding import rewrite_asymmetric_average_pool
+from .padding import explicit_auto_pad, rewrite_asymmetric_average_pool
 from .proto import default_opset, dims, shape_table
 from .shapes import infer_shapes
 from .support import unconvertible_nodes
@@ -94,9 +95,12 @@ def passes(input_name: str | None = None, input_shape: Sequence[int] | None = No
         remove_inference_noops,
         fold_constants,
         expand_batch_constants,
+        lower_gelu,
+        explicit_split,
         convert_opset,
         drop_unsupported_attributes,
         infer_shapes,
+        explicit_auto_pad,
         rewrite_asymmetric_average_pool,
         free_batch_dim,
         infer_shapes,

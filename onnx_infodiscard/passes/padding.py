@@ -94,3 +94,69 @@ def valid_count_scale(spatial, kernel, strides, pads) -> np.ndarray:
         axis = cumulative[starts + kernel[i]] - cumulative[starts]
         counts = np.multiply.outer(counts, axis)
     return (math.prod(kernel) / counts).astype(np.float32)[None, None]
+
+
+#: Ops whose `auto_pad` onnx2torch refuses (SAME_*) and that take explicit `pads` instead.
+AUTO_PAD_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool")
+
+
+def explicit_auto_pad(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """`auto_pad` SAME_UPPER / SAME_LOWER / VALID -> the explicit `pads` they mean at the graph's
+    fixed input size (keras2onnx and tflite2onnx write SAME_UPPER; onnx2torch refuses it)."""
+    shapes = shape_table(model)
+    constants = {init.name: init for init in model.graph.initializer}
+    rewritten = 0
+    for node in model.graph.node:
+        mode = attribute(node, "auto_pad")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if node.op_type not in AUTO_PAD_OPS or mode in (None, "NOTSET"):
+            continue
+        spatial = _spatial_size(node, shapes.get(node.input[0]))
+        kernel = attribute(node, "kernel_shape") or list(constants[node.input[1]].dims[2:])
+        pads = _auto_pads(node, mode, spatial, list(kernel))
+        _set_pads(node, pads)
+        rewritten += 1
+    return model, (f"{rewritten} auto_pad attributes -> explicit pads" if rewritten else None)
+
+
+def _spatial_size(node: onnx.NodeProto, shape) -> list[int]:
+    if shape is None or len(shape) < 3 or any(not isinstance(d, int) for d in shape[2:]):
+        raise ConversionError(
+            f"explicit_auto_pad: {node.op_type} node '{node.name or node.output[0]}' has auto_pad and an input of "
+            f"unknown spatial size ({shape}); fix the model's input dims (input_shape) so shapes can be inferred"
+        )
+    return [int(d) for d in shape[2:]]
+
+
+def _auto_pads(node: onnx.NodeProto, mode: str, spatial: list[int], kernel: list[int]) -> list[int]:
+    """The ONNX spec's padding for `mode`: begins then ends."""
+    rank = len(spatial)
+    if mode == "VALID":
+        return [0] * 2 * rank
+    strides = list(attribute(node, "strides") or [1] * rank)
+    dilations = list(attribute(node, "dilations") or [1] * rank)
+    begins, ends = [], []
+    for i in range(rank):
+        extent = (kernel[i] - 1) * dilations[i] + 1
+        if node.op_type == "ConvTranspose":
+            output_padding = (attribute(node, "output_padding") or [0] * rank)[i]
+            total = strides[i] * (spatial[i] - 1) + output_padding + extent - spatial[i] * strides[i]
+        else:
+            total = (-(-spatial[i] // strides[i]) - 1) * strides[i] + extent - spatial[i]
+        total = max(total, 0)
+        small, large = total // 2, total - total // 2
+        begins.append(small if mode == "SAME_UPPER" else large)
+        ends.append(large if mode == "SAME_UPPER" else small)
+    if node.op_type == "ConvTranspose" and begins != ends:
+        raise ConversionError(
+            f"explicit_auto_pad: ConvTranspose node '{node.name or node.output[0]}' (auto_pad {mode}) needs asymmetric "
+            f"pads {begins + ends}, which onnx2torch cannot convert; re-export with explicit symmetric padding"
+        )
+    return begins + ends
+
+
+def _set_pads(node: onnx.NodeProto, pads: list[int]) -> None:
+    kept = [attr for attr in node.attribute if attr.name not in ("auto_pad", "pads")]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    node.attribute.append(helper.make_attribute("pads", pads))

@@ -31,9 +31,9 @@ def infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     # Stale shapes (from a hard-coded batch) would win over new ones, the outputs' included.
     del model.graph.value_info[:]
     clear_output_shapes(model.graph)
-    skeleton = _skeleton(model)
+    bare = skeleton(model)
     try:
-        inferred = shape_inference.infer_shapes(skeleton, data_prop=True)
+        inferred = shape_inference.infer_shapes(bare, data_prop=True)
     except Exception as err:
         raise ConversionError(f"infer_shapes: onnx's shape inference failed: {first_line(err)}") from None
     if missing_shapes(inferred):
@@ -76,17 +76,17 @@ def symbolic_shape_inference(model: onnx.ModelProto) -> onnx.ModelProto | None:
         return onnx.load_model(target) if target.is_file() else None
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """The graph with its large float weights replaced by graph inputs of the same type and shape.
 
     Small and integer initializers stay: data propagation needs their values (Reshape targets).
     """
     graph = model.graph
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = max(model.ir_version, 4)
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    target = skeleton.graph
+    bare = onnx.ModelProto()
+    bare.ir_version = max(model.ir_version, 4)
+    bare.opset_import.extend(model.opset_import)
+    bare.functions.extend(model.functions)
+    target = bare.graph
     target.name = graph.name
     target.node.extend(graph.node)
     target.input.extend(graph.input)
@@ -98,4 +98,4 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
             target.initializer.append(init)
         elif init.name not in inputs:
             target.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    return skeleton
+    return bare

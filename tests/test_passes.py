@@ -118,3 +118,49 @@ def test_inputs_no_node_reads_are_dropped_not_refused():
     assert detail == "inputs no node reads dropped: 'unused_a', 'unused_b'"
     fix_input_shape(dropped, None, None)  # one image input left: no multi-input refusal
     assert normalise(model).input_name == "x"
+
+
+def _float_net(path):
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3, "w")
+    m = numpy_helper.from_array(rng.standard_normal((6, 5)).astype(np.float32) * 0.3, "m")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MatMul", ["r", "m"], ["y"]),
+    ]
+    model = _model(nodes, [1, 3, 6, 6], ["y"], initializers=[w, m])
+    onnx.save(model, path)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static_qdq"])
+def test_quantised_graph_analysed_through_its_float_equivalent(tmp_path, kind):
+    from onnxruntime import quantization as q
+
+    source, target = tmp_path / "float.onnx", tmp_path / "quant.onnx"
+    float_model = _float_net(source)
+    x = RNG.random((1, 3, 6, 6)).astype(np.float32)
+    if kind == "dynamic":
+        q.quantize_dynamic(str(source), str(target), op_types_to_quantize=["Conv", "MatMul"])
+    else:
+
+        class Reader(q.CalibrationDataReader):
+            def __init__(self):
+                self.batches = iter([{"x": x}])
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        q.quantize_static(str(source), str(target), Reader(), quant_format=q.QuantFormat.QDQ)
+    quantised = onnx.load(target)
+    ops = {node.op_type for node in quantised.graph.node}
+    assert ops & {"ConvInteger", "MatMulInteger", "DequantizeLinear"}, ops
+    normalised = normalise(quantised)
+    assert normalised.dequantised and normalised.source is quantised
+    left = {node.op_type for node in normalised.proto.graph.node}
+    assert not left & {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}
+    assert not unconvertible_nodes(normalised.proto)
+    (want,) = _run(float_model, x)
+    (got,) = _run(normalised.proto, x)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()  # the float net, up to weight rounding

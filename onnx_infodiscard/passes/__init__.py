@@ -26,6 +26,7 @@ from .inputs import (
 )
 from .lowering import explicit_split, lower_gelu
 from .opset import convert_opset, lower_ir_version
+from .quantised import dequantise
 from .padding import explicit_auto_pad, rewrite_asymmetric_average_pool
 from .proto import default_opset, dims, shape_table
 from .shapes import infer_shapes
@@ -60,6 +61,11 @@ class NormalisedModel:
     def opset(self) -> int:
         return default_opset(self.proto)
 
+    @property
+    def dequantised(self) -> bool:
+        """Whether the graph was quantised and is analysed through its float equivalent."""
+        return any(report.name == "dequantise" for report in self.passes)
+
 
 def normalise(
     model: onnx.ModelProto, input_name: str | None = None, input_shape: Sequence[int] | None = None
@@ -92,6 +98,7 @@ def passes(input_name: str | None = None, input_shape: Sequence[int] | None = No
         drop_initializer_inputs,
         drop_unread_inputs,
         fix_input_shape_pass,
+        dequantise,
         remove_inference_noops,
         fold_constants,
         expand_batch_constants,

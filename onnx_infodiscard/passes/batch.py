@@ -64,15 +64,18 @@ def _batch_one_constant(init: onnx.TensorProto | None, concat: onnx.NodeProto) -
     return (attribute(concat, "axis") or 0) % len(init.dims) != 0
 
 
-def _expand_to_batch(graph: onnx.GraphProto, constant: onnx.TensorProto, like: str, prefix: str) -> list[onnx.NodeProto]:
+def _expand_to_batch(
+    graph: onnx.GraphProto, constant: onnx.TensorProto, like: str, prefix: str
+) -> list[onnx.NodeProto]:
     """Nodes computing `Expand(constant, [dim 0 of like, *constant.shape[1:]])`."""
     graph.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), f"{prefix}__first"))
     graph.initializer.append(numpy_helper.from_array(np.array(constant.dims[1:], dtype=np.int64), f"{prefix}__rest"))
+    p = prefix
     return [
-        helper.make_node("Shape", [like], [f"{prefix}__shape"], name=f"{prefix}__shape"),
-        helper.make_node("Gather", [f"{prefix}__shape", f"{prefix}__first"], [f"{prefix}__n"], name=f"{prefix}__n", axis=0),
-        helper.make_node("Concat", [f"{prefix}__n", f"{prefix}__rest"], [f"{prefix}__target"], name=f"{prefix}__target", axis=0),
-        helper.make_node("Expand", [constant.name, f"{prefix}__target"], [f"{prefix}__expanded"], name=f"{prefix}__expand"),
+        helper.make_node("Shape", [like], [f"{p}__shape"], name=f"{p}__shape"),
+        helper.make_node("Gather", [f"{p}__shape", f"{p}__first"], [f"{p}__n"], name=f"{p}__n", axis=0),
+        helper.make_node("Concat", [f"{p}__n", f"{p}__rest"], [f"{p}__target"], name=f"{p}__target", axis=0),
+        helper.make_node("Expand", [constant.name, f"{p}__target"], [f"{p}__expanded"], name=f"{p}__expand"),
     ]
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper
 
-from .proto import attribute, is_default_domain, is_used, remove_attribute, rename_tensors, replace_nodes, resolve_chains
+from .proto import (
+    attribute,
+    is_default_domain,
+    is_used,
+    remove_attribute,
+    rename_tensors,
+    replace_nodes,
+    resolve_chains,
+)
 
 
 def remove_inference_noops(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:

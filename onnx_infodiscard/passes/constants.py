@@ -10,7 +10,9 @@ from onnx.reference import ReferenceEvaluator
 from ..errors import ConversionError
 from .proto import append_initializer, default_opset, drop_unused_initializers, is_default_domain, replace_nodes
 
-NONDETERMINISTIC_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+NONDETERMINISTIC_OPS = {
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+}  # fmt: skip
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:

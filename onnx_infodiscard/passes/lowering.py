@@ -103,5 +103,6 @@ def _split_as_slices(graph: onnx.GraphProto, node: onnx.NodeProto, shape) -> lis
         begin, end = min(i * chunk, size), min((i + 1) * chunk, size)
         starts = append_initializer(graph, f"{base}__start{i}", np.array([begin], dtype=np.int64)).name
         ends = append_initializer(graph, f"{base}__end{i}", np.array([end], dtype=np.int64)).name
-        slices.append(helper.make_node("Slice", [node.input[0], starts, ends, axes], [output], name=f"{base}__slice{i}"))
+        inputs = [node.input[0], starts, ends, axes]
+        slices.append(helper.make_node("Slice", inputs, [output], name=f"{base}__slice{i}"))
     return slices

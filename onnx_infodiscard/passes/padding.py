@@ -57,10 +57,13 @@ def _pad_then_pool(
     pad_name, pooled = f"{base}__pads", f"{base}__padded"
     full_pads = [0, 0, *pads[:half], 0, 0, *pads[half:]]
     if opset < 11:
-        pad = helper.make_node("Pad", [node.input[0]], [f"{base}__in"], name=f"{node.name}__pad", mode="constant", pads=full_pads)
+        pad = helper.make_node(
+            "Pad", [node.input[0]], [f"{base}__in"], name=f"{node.name}__pad", mode="constant", pads=full_pads
+        )
     else:
         graph.initializer.append(numpy_helper.from_array(np.array(full_pads, dtype=np.int64), pad_name))
-        pad = helper.make_node("Pad", [node.input[0], pad_name], [f"{base}__in"], name=f"{node.name}__pad", mode="constant")
+        inputs = [node.input[0], pad_name]
+        pad = helper.make_node("Pad", inputs, [f"{base}__in"], name=f"{node.name}__pad", mode="constant")
     pool_out = base if count_pad else pooled
     pool = helper.make_node(
         "AveragePool", [f"{base}__in"], [pool_out], name=node.name, kernel_shape=kernel, strides=strides

@@ -80,7 +80,9 @@ def _dequantised(node: onnx.NodeProto, constants: dict) -> np.ndarray:
     return ((x - zero.astype(np.float32)) * scale.astype(np.float32)).astype(np.float32)
 
 
-def _saturation(graph: onnx.GraphProto, node: onnx.NodeProto, source: str, constants: dict, opset: int) -> onnx.NodeProto:
+def _saturation(
+    graph: onnx.GraphProto, node: onnx.NodeProto, source: str, constants: dict, opset: int
+) -> onnx.NodeProto:
     """QuantizeLinear + DequantizeLinear -> Clip to the representable range: rounding dropped,
     saturation kept (quantisers fuse a Relu into it: zero point -128 of int8 clamps negatives)."""
     scale = constants[node.input[1]].astype(np.float32)
@@ -144,5 +146,6 @@ def _float_op(graph: onnx.GraphProto, node: onnx.NodeProto, constants: dict, pro
 def _drop_dead_quantizers(graph: onnx.GraphProto) -> None:
     """QuantizeLinear nodes whose outputs nothing reads any more."""
     read = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
-    kept = [n for n in graph.node if n.op_type not in ("QuantizeLinear", "DynamicQuantizeLinear") or n.output[0] in read]
+    quantizers = ("QuantizeLinear", "DynamicQuantizeLinear")
+    kept = [n for n in graph.node if n.op_type not in quantizers or n.output[0] in read]
     replace_nodes(graph, kept)

@@ -164,3 +164,29 @@ def test_quantised_graph_analysed_through_its_float_equivalent(tmp_path, kind):
     (want,) = _run(float_model, x)
     (got,) = _run(normalised.proto, x)
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()  # the float net, up to weight rounding
+
+
+def test_dynamo_export_at_opset_20_with_gelu_and_chunk_converts(tmp_path):
+    """PyTorch's default exporter writes Gelu-20 and Split-18 with num_outputs (ConvNeXt, MaxViT)."""
+    import torch
+    from torch import nn
+
+    from onnx_infodiscard.check import prepare
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            a, b = torch.chunk(self.conv(x), 2, dim=1)
+            return nn.functional.gelu(a) + torch.tanh(b)
+
+    path = tmp_path / "dynamo.onnx"
+    with torch.no_grad():
+        torch.onnx.export(Net().eval(), (torch.rand(1, 3, 8, 8),), str(path), dynamo=True, opset_version=20)
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert "Gelu" in ops, ops
+    prepared = prepare(path)
+    assert "lower_gelu" in [p.name for p in prepared.normalised.passes]
+    assert prepared.crosscheck.passed

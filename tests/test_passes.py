@@ -190,3 +190,15 @@ def test_dynamo_export_at_opset_20_with_gelu_and_chunk_converts(tmp_path):
     prepared = prepare(path)
     assert "lower_gelu" in [p.name for p in prepared.normalised.passes]
     assert prepared.crosscheck.passed
+
+
+def test_symbolic_shape_inference_writes_nothing_in_the_working_folder(tmp_path, monkeypatch):
+    """Its incomplete-inference debug copy (and external-data file) stays in a scratch folder."""
+    from onnx_infodiscard.passes.shapes import symbolic_shape_inference
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Foo", ["a"], ["y"], domain="com.example")]
+    model = _model(nodes, [1, 3, 4, 4], ["y"])
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    monkeypatch.chdir(tmp_path)
+    symbolic_shape_inference(model)  # incomplete: the unknown op has no shape
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,7 @@ from .convert import Conversion, convert
 from .crosscheck import DEFAULT_RTOL, CrossCheck, cross_check
 from .layers import Layer, check_differentiable, constant_tensors, list_layers, select_layers
 from .load import LoadedModel, load_model
-from .normalise import NormalisedModel, normalise
+from .passes import NormalisedModel, normalise
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from torch import fx, nn
 
 from .errors import ConversionError
 from .layers import Layer
-from .normalise import NormalisedModel, unconvertible_nodes
+from .passes import NormalisedModel, unconvertible_nodes
 
 #: Per-sample features of a batch may differ from single runs by float reordering only.
 BATCH_SAFETY_RTOL = 1e-4
@@ -112,7 +112,7 @@ def convert(model: NormalisedModel, layers: Sequence[Layer]) -> Conversion:
         domain = f" in domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
         raise ConversionError(
             f"op {node.op_type}{domain} (node '{node.name}', opset {version}) has no onnx2torch converter; "
-            f"choose a layer before it or re-export without it"
+            f"choose a layer before it or re-export without it{_opset_note(model)}"
         )
     try:
         import onnx2torch
@@ -127,6 +127,12 @@ def convert(model: NormalisedModel, layers: Sequence[Layer]) -> Conversion:
     batch_safe = _batch_safe(module, probe, first)
     module.batch_safe = batch_safe
     return Conversion(module, truncated, batch_safe)
+
+
+def _opset_note(model: NormalisedModel) -> str:
+    """Why the opset step could not help, when it tried (its pass detail names the ops)."""
+    detail = next((p.detail for p in model.passes if p.name == "convert_opset" and " kept:" in p.detail), None)
+    return f" ({detail})" if detail else ""
 
 
 def _probe_inputs(model: NormalisedModel, count: int = 2) -> torch.Tensor:

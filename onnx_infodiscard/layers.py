@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import onnx
 
 from .errors import InputError, close_matches
-from .normalise import NormalisedModel, _shape_table
+from .passes import NormalisedModel, shape_table as _shape_table
 
 ACTIVATIONS = {
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish",

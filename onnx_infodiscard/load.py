@@ -143,7 +143,7 @@ def _on_cycle(start: int, needs: list[set[int]]) -> bool:
 def _load_external_data(path: Path, proto: onnx.ModelProto) -> None:
     """Resolve external tensors relative to the model's folder, refusing any that escape it."""
     base = path.resolve().parent
-    for tensor in external_data_helper._get_all_tensors(proto):
+    for tensor in _all_tensors(proto.graph):
         if not external_data_helper.uses_external_data(tensor):
             continue
         info = external_data_helper.ExternalDataInfo(tensor)
@@ -163,6 +163,19 @@ def _load_external_data(path: Path, proto: onnx.ModelProto) -> None:
         external_data_helper.load_external_data_for_model(proto, str(base))
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot read external data: {_first_line(err)}") from None
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Every tensor the graph stores (weights and attribute tensors, subgraphs included): the
+    ones that may keep their bytes in an external file."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for subgraph in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _all_tensors(subgraph)
 
 
 def _first_line(err: BaseException) -> str:

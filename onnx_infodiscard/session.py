@@ -21,7 +21,8 @@ from .errors import InputError
 from .images import CanonicalImage, find_images, load_images
 from .layers import Layer
 from .load import LoadedModel, load_model
-from .normalise import NormalisedModel, _dims, drop_initializer_inputs, image_input, normalise
+from .passes import NormalisedModel, dims, drop_initializer_inputs, image_input, normalise
+from .passes.inputs import drop_unread_inputs
 from .perturb import Pipeline, resolve_device
 from .card import ModelCard
 from .preprocess import Preprocess, Preprocessing, canonical_shape, resolve_preprocessing
@@ -163,9 +164,9 @@ def model_input_shape(proto, input_name, input_shape) -> tuple[int, ...]:
         return (1, *[int(v) for v in list(input_shape)[1:]])
     copy = type(proto)()
     copy.CopyFrom(proto)
-    copy.graph.ClearField("node")
-    dims = _dims(image_input(drop_initializer_inputs(copy)[0], input_name))
-    if any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
-        raise InputError("the model's image input has dynamic dims "
-                         f"{dims}; give them as N,C,H,W", option="input_shape")
-    return (1, *dims[1:])
+    copy = drop_unread_inputs(drop_initializer_inputs(copy)[0])[0]  # as normalise sees the inputs
+    found = dims(image_input(copy, input_name))
+    if any(not isinstance(d, int) or d <= 0 for d in found[1:]):
+        raise InputError(f"the model's image input has dynamic dims {found}; give them as N,C,H,W",
+                         option="input_shape")
+    return (1, *found[1:])

@@ -153,7 +153,7 @@ def layers_near(entry: ModelEntry, study_layers, depths: Sequence[float]) -> lis
     activation), the one nearest each depth, by the same relative depth `analyze` reports."""
     from ..layers import list_layers
     from ..load import load_model
-    from ..normalise import normalise
+    from ..passes import normalise
     from ..preprocess import read_card
 
     loaded = load_model(entry.path)

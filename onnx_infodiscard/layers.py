@@ -273,6 +273,8 @@ def _shortfall_note(layers: Sequence[Layer], pool: Sequence[Layer], count: int, 
     unknown = next((layer for layer in layers if layer.layout == L.UNKNOWN and layer.index > last), None)
     after = (f"; no shape is known from node '{unknown.node_name}' ({unknown.op_type}) on, so later tensors cannot "
              "be placed (neither shape inference nor onnxruntime runs that op)") if unknown else ""
+    if not reasons and not after:
+        return f"{kept}: the graph has only {len(pool)} such feature map{'s' if len(pool) != 1 else ''}"
     return f"{kept}; activations passed over: {reasons or 'none'}{after}; name layers to analyse others"
 
 

@@ -82,7 +82,8 @@ def one(args: argparse.Namespace) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "rows": len(report.results), "converged": sum(r.converged for r in report.results),
         "d_over_tau": [round(r.d_over_tau, 3) for r in report.results],
-        "layers": [{"name": layer.name, "shape": list(layer.shape or ()), "layout": layer.layout} for layer in report.layers],
+        "layers": [{"name": layer.name, "shape": list(layer.shape or ()), "layout": layer.layout}
+                   for layer in report.layers],
         "auto_notes": list(notes), "crosscheck_tolerances": [a.tolerance for a in report.crosscheck.layers],
     }
 
@@ -97,7 +98,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             lines.append(f"| {row['network']} | failed: {row['error']} | | | | |")
             continue
         shapes = ", ".join(f"{'×'.join(map(str, layer['shape'][1:]))} {layer['layout']}" for layer in row["layers"])
-        lines.append(f"| {row['network']} | {len(row['layers'])}: {shapes} | {row['analyze_s']} | {row['peak_rss_mb']} | "
+        lines.append(f"| {row['network']} | {len(row['layers'])}: {shapes} | {row['analyze_s']} | "
+                     f"{row['peak_rss_mb']} | "
                      f"{row['converged']}/{row['rows']} | {row['export_s']} |")
     notes = [f"- {row['network']}: {note}" for row in rows for note in row.get("auto_notes", [])]
     return "\n".join(lines + ([""] + notes if notes else []))
@@ -105,8 +107,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=10, help="optimisation steps (default 10; a default run takes 100)")
-    parser.add_argument("--samples", type=int, default=4, help="noise samples per row per step (default 4; default run 16)")
+    parser.add_argument("--steps", type=int, default=10, help="optimisation steps (default 10; default run 100)")
+    parser.add_argument("--samples", type=int, default=4, help="noise samples per step (default 4; default run 16)")
     parser.add_argument("--max-eval-samples", type=int, default=256, help="cap of the final D/τ estimate's samples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (torch.set_num_threads)")
     parser.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=NETWORKS)

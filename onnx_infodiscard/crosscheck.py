@@ -182,7 +182,8 @@ def sensitivity(truncated: onnx.ModelProto, input_name: str, model_input: np.nda
 
 def judge(name: str, got: np.ndarray, want: np.ndarray, floor: float, observed: tuple[float, float],
           node_name: str = "") -> LayerAgreement:
-    """Compare one feature: relative L2 against the calibrated tolerance, or absolute when the reference is near zero."""
+    """Compare one feature: relative L2 against the calibrated tolerance, or absolute when the
+    reference is near zero."""
     rel_sens, abs_sens = observed
     tolerance = min(max(floor, SAFETY * rel_sens), max(floor, MAX_RTOL))
     abs_tolerance = min(max(ATOL, SAFETY * abs_sens), SCALE_FLOOR * MAX_RTOL)
@@ -196,7 +197,8 @@ def judge(name: str, got: np.ndarray, want: np.ndarray, floor: float, observed: 
     if scale < SCALE_FLOOR:
         return LayerAgreement(name, max_abs, rel, max_abs <= abs_tolerance, criterion="absolute",
                               reference_scale=scale, **common)
-    return LayerAgreement(name, max_abs, rel, rel <= tolerance, criterion="relative_l2", reference_scale=scale, **common)
+    return LayerAgreement(name, max_abs, rel, rel <= tolerance, criterion="relative_l2", reference_scale=scale,
+                          **common)
 
 
 def cross_check(
@@ -218,7 +220,8 @@ def cross_check(
         expected = _run(session, input_name, model_input)
         observed = sensitivity(truncated, input_name, model_input, expected) if calibrate else {}
     except Exception as err:
-        raise ConversionError(f"onnxruntime cannot run the normalised graph: {str(err).strip().splitlines()[0]}") from None
+        first = str(err).strip().splitlines()[0]
+        raise ConversionError(f"onnxruntime cannot run the normalised graph: {first}") from None
     producers = {out: node.name for node in truncated.graph.node for out in node.output}
     agreements = tuple(
         judge(name, feature.detach().float().cpu().numpy(), expected[name], tolerance,

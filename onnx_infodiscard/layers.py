@@ -92,7 +92,8 @@ def list_layers(model: NormalisedModel) -> list[Layer]:
                 level[name] = max(parents) + 1
                 produced.append((node, name))
     deepest = max(level.values()) or 1
-    layout = L.layouts(graph, model.input_name, guess_layout(tuple(model.input_shape)), model.input_shape, layout_shapes)
+    input_layout = guess_layout(tuple(model.input_shape))
+    layout = L.layouts(graph, model.input_name, input_layout, model.input_shape, layout_shapes)
     return [
         Layer(
             index=i,
@@ -217,7 +218,8 @@ def _resolve(spec: str, layers: Sequence[Layer], by_name: dict[str, Layer], cons
     if _is_int(spec):
         index = int(spec)
         if not -len(layers) <= index < len(layers):
-            raise InputError(f"layer index {index} is out of range; the graph has {len(layers)} layers (0..{len(layers) - 1})")
+            raise InputError(f"layer index {index} is out of range; the graph has {len(layers)} layers "
+                             f"(0..{len(layers) - 1})")
         return [layers[index]]
     if any(ch in spec for ch in "*?["):
         found = [layer for layer in layers if fnmatch.fnmatchcase(layer.name, spec)]
@@ -299,7 +301,8 @@ def check_differentiable(model: NormalisedModel, layers: Sequence[Layer]) -> Non
                 blocker[name] = upstream[0] if upstream else node
     for layer in layers:
         if layer.name not in reaches:
-            raise InputError(f"layer '{layer.name}' is constant with respect to the input; choose a layer the image reaches")
+            raise InputError(f"layer '{layer.name}' is constant with respect to the input; "
+                             "choose a layer the image reaches")
         if layer.name not in flows:
             node = blocker[layer.name]
             raise InputError(

@@ -158,7 +158,8 @@ def merged_shape(symbolic: Sequence | None, concrete: Sequence[int] | None, batc
     if symbolic is None or len(symbolic) != len(concrete):
         symbolic = concrete
     first = batch if batch is not None and concrete and concrete[0] == 1 else concrete[0] if concrete else None
-    return tuple(first if i == 0 else (s if isinstance(s, int) else c) for i, (s, c) in enumerate(zip(symbolic, concrete)))
+    dims = zip(symbolic, concrete)
+    return tuple(first if i == 0 else (s if isinstance(s, int) else c) for i, (s, c) in enumerate(dims))
 
 
 def positions(shape: Sequence | None, layout: str) -> int:

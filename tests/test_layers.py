@@ -316,7 +316,8 @@ def _graph_with_unknown_op() -> onnx.ModelProto:
         nodes += [make("Conv", [name, "w2"], [f"c{i}"], pads=[1] * 4, name=f"conv{i}"),
                   make("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
         name = f"r{i}"
-    graph = onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 16, 16])],
+    image = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 16, 16])
+    graph = onnx.helper.make_graph(nodes, "g", [image],
                                    [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)], [w1, w2])
     return onnx.helper.make_model(graph, ir_version=8, opset_imports=[onnx.helper.make_opsetid("", 17),
                                                                       onnx.helper.make_opsetid("com.example", 1)])

@@ -1,4 +1,12 @@
-"""Compare the converted module's features with onnxruntime on the same graph and input."""
+"""Compare the converted module's features with onnxruntime on the same graph and input.
+
+The tolerance of each layer is calibrated on the graph itself: float32 rounding alone moves a deep
+network's features by more than a fixed 1e-4 (onnxruntime disagrees with itself between its own
+optimisation levels, and a change of the input by two ulps moves a deep activation by ~1e-4), so each
+layer's tolerance is `SAFETY` times the larger of those two observed disagreements, floored at the
+tolerance asked for (default 1e-4) and capped at `MAX_RTOL`, so that a real conversion error (a
+wrong weight, a wrong op) still fails.
+"""
 
 from __future__ import annotations
 
@@ -12,52 +20,107 @@ import torch
 
 from .errors import ConversionError
 
+#: The floor of every layer's relative tolerance (the tolerance before calibration).
 DEFAULT_RTOL = 1e-4
-#: Features this small in absolute terms agree whatever their relative error (dead ReLUs).
+#: Calibrated tolerances are never laxer than this: a 1 % relative error is a conversion error.
+MAX_RTOL = 1e-2
+#: Tolerance = SAFETY × the float32 disagreement the graph shows against itself.
+SAFETY = 10.0
+#: A reference whose largest magnitude is below this is "near zero" (a dead ReLU, a saturated
+#: Sigmoid): its relative error measures rounding only, so the absolute criterion applies instead.
+SCALE_FLOOR = 1e-3
+#: The absolute tolerance (before calibration) of a near-zero reference.
 ATOL = 1e-6
+#: Criteria a layer can be judged by.
+CRITERIA = ("relative_l2", "absolute", "shape", "non_finite")
 
 
 @dataclass(frozen=True)
 class LayerAgreement:
-    """How closely torch and onnxruntime agree on one layer's feature."""
+    """How closely torch and onnxruntime agree on one layer's feature (errors are unitless / feature units).
+
+    `criterion`: "relative_l2" (relative L2 error ≤ `tolerance`), "absolute" (the reference is near
+    zero, max |ref| < SCALE_FLOOR, so max abs error ≤ `abs_tolerance` is asked instead), "shape" or
+    "non_finite" (failed outright). `sensitivity`: the relative L2 disagreement of onnxruntime with
+    itself (other optimisation level, input moved by two ulps) the tolerance was calibrated on.
+    """
 
     layer: str
     max_abs_error: float
     rel_l2_error: float
     passed: bool
+    node_name: str = ""
+    tolerance: float = DEFAULT_RTOL
+    abs_tolerance: float = ATOL
+    criterion: str = "relative_l2"
+    sensitivity: float = 0.0
+    reference_scale: float = float("nan")  # max |onnxruntime feature|
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "node_name": self.node_name, "tolerance": self.tolerance,
+                "abs_tolerance": self.abs_tolerance, "rel_l2": self.rel_l2_error, "max_abs": self.max_abs_error,
+                "sensitivity": self.sensitivity, "reference_scale": self.reference_scale,
+                "criterion": self.criterion, "passed": self.passed}
+
+    def describe(self) -> str:
+        """One line: what was measured against what, and by which criterion."""
+        if self.criterion == "shape":
+            return "shapes differ"
+        if self.criterion == "non_finite":
+            return "non-finite values"
+        if self.criterion == "absolute":
+            return (f"max abs error {self.max_abs_error:.2e} vs {self.abs_tolerance:.1e} (absolute: the reference is "
+                    f"near zero, max {self.reference_scale:.1e}; relative L2 {self.rel_l2_error:.2e} not used)")
+        return f"relative L2 error {self.rel_l2_error:.2e} vs {self.tolerance:.1e} (max abs {self.max_abs_error:.2e})"
 
 
 @dataclass(frozen=True)
 class CrossCheck:
-    """The cross-check of every chosen layer, and the onnxruntime provider that ran it."""
+    """The cross-check of every chosen layer, and the onnxruntime provider that ran it.
+
+    `tolerance` is the floor of the per-layer tolerances (each layer says its own).
+    """
 
     provider: str
     note: str
     tolerance: float
     layers: tuple[LayerAgreement, ...]
+    calibrated: bool = False
 
     @property
     def passed(self) -> bool:
         return all(layer.passed for layer in self.layers)
 
+    def to_json(self) -> dict:
+        return {"provider": self.provider, "note": self.note, "tolerance": self.tolerance,
+                "max_tolerance": MAX_RTOL, "safety": SAFETY, "scale_floor": SCALE_FLOOR,
+                "calibrated": self.calibrated, "passed": self.passed,
+                "layers": [layer.to_json() for layer in self.layers]}
+
     def raise_on_failure(self) -> None:
         for layer in self.layers:
             if not layer.passed:
+                node = f" (node '{layer.node_name}')" if layer.node_name else ""
                 raise ConversionError(
-                    f"cross-check failed at layer '{layer.layer}': relative L2 error {layer.rel_l2_error:.2e} "
-                    f"(max abs {layer.max_abs_error:.2e}) against onnxruntime exceeds {self.tolerance:.0e}; "
+                    f"cross-check failed at layer '{layer.layer}'{node} against onnxruntime: {layer.describe()}; "
                     "the conversion is wrong for this graph (please report it)"
                 )
 
 
-def ort_session(model: onnx.ModelProto, prefer_cuda: bool):
-    """An onnxruntime session on CUDA when asked and possible, else CPU; with a note saying which."""
+def ort_session(model: onnx.ModelProto, prefer_cuda: bool, level: str = "basic"):
+    """An onnxruntime session on CUDA when asked and possible, else CPU; with a note saying which.
+
+    `level`: onnxruntime's graph optimisation, "basic" (the reference: no fused kernels that reorder
+    arithmetic), "all" or "none" (the calibration's other readings).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    # Exact fp32 numerics: no fused kernels that reorder arithmetic beyond the reference's.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[level]
     providers = ["CPUExecutionProvider"]
     wants_cuda = prefer_cuda and "CUDAExecutionProvider" in ort.get_available_providers()
     if wants_cuda:
@@ -77,6 +140,67 @@ def ort_session(model: onnx.ModelProto, prefer_cuda: bool):
     return session, used, note
 
 
+def _run(session, input_name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    names = [output.name for output in session.get_outputs()]
+    return {name: np.asarray(value, dtype=np.float64)
+            for name, value in zip(names, session.run(names, {input_name: x.astype(np.float32)}))}
+
+
+def ulp_perturbed(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """`x·(1 + u·2⁻²²)`, u uniform in [−1, 1]: a change of up to two float32 ulps, off the float grid
+    (an exact one-ulp step would shift products by whole ulps and hide their rounding)."""
+    u = np.random.default_rng(seed).uniform(-1.0, 1.0, x.shape)
+    return (x.astype(np.float64) * (1.0 + u * 2.0**-22)).astype(np.float32)
+
+
+def _errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+    """(max abs error, relative L2 error) of `got` against `want`, in float64."""
+    diff = got.astype(np.float64) - want
+    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
+    norm = float(np.linalg.norm(want))
+    rel = float(np.linalg.norm(diff) / norm) if norm > 0 else (0.0 if max_abs == 0 else float("inf"))
+    return max_abs, rel
+
+
+def sensitivity(truncated: onnx.ModelProto, input_name: str, model_input: np.ndarray,
+                reference: Mapping[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Per output: (relative L2, max abs) disagreement of onnxruntime with its own `reference` when
+    the optimisation level changes (all, none) or the input moves by two ulps: what float32 rounding costs."""
+    readings = []
+    for level in ("all", "none"):
+        session, _, _ = ort_session(truncated, prefer_cuda=False, level=level)
+        readings.append(_run(session, input_name, model_input))
+    session, _, _ = ort_session(truncated, prefer_cuda=False, level="basic")
+    readings.append(_run(session, input_name, ulp_perturbed(model_input)))
+    out = {}
+    for name, want in reference.items():
+        errors = [_errors(reading[name], want) for reading in readings if reading[name].shape == want.shape]
+        finite = [(rel, abs_) for abs_, rel in errors if np.isfinite(rel) and np.isfinite(abs_)]
+        out[name] = (max((r for r, _ in finite), default=0.0), max((a for _, a in finite), default=0.0))
+    return out
+
+
+def judge(name: str, got: np.ndarray, want: np.ndarray, floor: float, observed: tuple[float, float],
+          node_name: str = "") -> LayerAgreement:
+    """Compare one feature: relative L2 against the calibrated tolerance, or absolute when the
+    reference is near zero."""
+    rel_sens, abs_sens = observed
+    tolerance = min(max(floor, SAFETY * rel_sens), max(floor, MAX_RTOL))
+    abs_tolerance = min(max(ATOL, SAFETY * abs_sens), SCALE_FLOOR * MAX_RTOL)
+    common = dict(node_name=node_name, tolerance=tolerance, abs_tolerance=abs_tolerance, sensitivity=rel_sens)
+    if got.shape != want.shape:
+        return LayerAgreement(name, float("inf"), float("inf"), False, criterion="shape", **common)
+    max_abs, rel = _errors(got, want)
+    scale = float(np.abs(want).max()) if want.size else 0.0
+    if not (np.isfinite(got).all() and np.isfinite(want).all()):
+        return LayerAgreement(name, max_abs, rel, False, criterion="non_finite", reference_scale=scale, **common)
+    if scale < SCALE_FLOOR:
+        return LayerAgreement(name, max_abs, rel, max_abs <= abs_tolerance, criterion="absolute",
+                              reference_scale=scale, **common)
+    return LayerAgreement(name, max_abs, rel, rel <= tolerance, criterion="relative_l2", reference_scale=scale,
+                          **common)
+
+
 def cross_check(
     truncated: onnx.ModelProto,
     input_name: str,
@@ -84,25 +208,25 @@ def cross_check(
     model_input: np.ndarray,
     tolerance: float = DEFAULT_RTOL,
     prefer_cuda: bool = False,
+    calibrate: bool = True,
 ) -> CrossCheck:
-    """Run `truncated` (chosen layers as outputs) in onnxruntime on `model_input`; compare to `features`."""
+    """Run `truncated` (chosen layers as outputs) in onnxruntime on `model_input`; compare to `features`.
+
+    `tolerance` is the floor of each layer's relative tolerance; with `calibrate`, each layer's is
+    raised to SAFETY × the graph's own float32 disagreement there (see `sensitivity`), at most MAX_RTOL.
+    """
     try:
         session, provider, note = ort_session(truncated, prefer_cuda)
-        names = [output.name for output in session.get_outputs()]
-        expected = dict(zip(names, session.run(names, {input_name: model_input.astype(np.float32)})))
+        expected = _run(session, input_name, model_input)
+        observed = sensitivity(truncated, input_name, model_input, expected) if calibrate else {}
     except Exception as err:
-        raise ConversionError(f"onnxruntime cannot run the normalised graph: {str(err).strip().splitlines()[0]}") from None
-    agreements = []
-    for name, feature in features.items():
-        got = feature.detach().float().cpu().numpy()
-        want = np.asarray(expected[name], dtype=np.float64)
-        if got.shape != want.shape:
-            agreements.append(LayerAgreement(name, float("inf"), float("inf"), False))
-            continue
-        diff = got.astype(np.float64) - want
-        max_abs = float(np.abs(diff).max()) if diff.size else 0.0
-        norm = float(np.linalg.norm(want))
-        rel = float(np.linalg.norm(diff) / norm) if norm > 0 else (0.0 if max_abs == 0 else float("inf"))
-        finite = bool(np.isfinite(got).all() and np.isfinite(want).all())
-        agreements.append(LayerAgreement(name, max_abs, rel, finite and (rel <= tolerance or max_abs <= ATOL)))
-    return CrossCheck(provider, note, tolerance, tuple(agreements))
+        first = str(err).strip().splitlines()[0]
+        raise ConversionError(f"onnxruntime cannot run the normalised graph: {first}") from None
+    producers = {out: node.name for node in truncated.graph.node for out in node.output}
+    agreements = tuple(
+        judge(name, feature.detach().float().cpu().numpy(), expected[name], tolerance,
+              observed.get(name, (0.0, 0.0)), producers.get(name, ""))
+        for name, feature in features.items()
+    )
+    return CrossCheck(provider, note, tolerance, agreements, calibrated=calibrate)
+

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import onnx
 
+from . import layouts as L
 from .errors import InputError, close_matches
-from .passes import NormalisedModel, shape_table as _shape_table
+from .passes import NormalisedModel, shape_table
+from .preprocess import guess_layout
 
 ACTIVATIONS = {
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish",
@@ -54,6 +56,20 @@ class Layer:
     shape: tuple[int | str, ...] | None
     depth: float  # relative: 0 at the input, 1 at the deepest tensor (the graph output, normally)
     activation: bool = False  # an activation's output, composites (hard-swish, GELU) included
+    layout: str = L.UNKNOWN  # nchw, nhwc, tokens (N, L, C), windows (N·windows, ...), vector, other, unknown
+
+    @property
+    def spatial(self) -> bool:
+        """A feature map over image positions (NCHW, NHWC or tokens) with more than one position."""
+        return self.layout in L.SPATIAL and L.positions(self.shape, self.layout) > 1
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Layers chosen for a list of specs, with notes on what `auto` could not give."""
+
+    layers: tuple[Layer, ...]
+    notes: tuple[str, ...] = ()
 
 
 def list_layers(model: NormalisedModel) -> list[Layer]:
@@ -63,7 +79,7 @@ def list_layers(model: NormalisedModel) -> list[Layer]:
     strictly along every edge, so a layer is always deeper than the layers it reads.
     """
     graph = model.proto.graph
-    shapes = _shape_table(model.proto)
+    shapes, layout_shapes = _shapes(model)
     activations = activation_outputs(graph)
     level = {model.input_name: 0}
     produced: list[tuple[onnx.NodeProto, str]] = []
@@ -76,18 +92,40 @@ def list_layers(model: NormalisedModel) -> list[Layer]:
                 level[name] = max(parents) + 1
                 produced.append((node, name))
     deepest = max(level.values()) or 1
+    input_layout = guess_layout(tuple(model.input_shape))
+    layout = L.layouts(graph, model.input_name, input_layout, model.input_shape, layout_shapes)
     return [
         Layer(
             index=i,
             name=name,
             op_type=node.op_type,
             node_name=node.name,
-            shape=tuple(shapes[name]) if name in shapes else None,
+            shape=shapes.get(name),
             depth=level[name] / deepest,
             activation=name in activations,
+            layout=layout.get(name, L.UNKNOWN),
         )
         for i, (node, name) in enumerate(produced)
     ]
+
+
+def _shapes(model: NormalisedModel) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """(shapes to show, shapes to read layouts from): the static shapes, with the dims static inference
+    left unknown filled from one onnxruntime run at batch 1 (whose batch dim is then a plain 1)."""
+    static = {name: tuple(dims) for name, dims in shape_table(model.proto).items()}
+    batch = (static.get(model.input_name) or (None,))[0]
+    produced = [name for node in model.proto.graph.node for name in node.output if name]
+    unresolved = [name for name in produced if _unresolved(static.get(name), batch)]
+    concrete = L.concrete_shapes(model.proto, model.input_name, model.input_shape, unresolved) if unresolved else {}
+    shown = {name: L.merged_shape(static.get(name), concrete.get(name), batch) for name in set(static) | set(concrete)}
+    return shown, {**static, **concrete}
+
+
+def _unresolved(shape, batch) -> bool:
+    """A shape static inference did not finish: missing, or a symbolic dim other than the batch."""
+    if shape is None:
+        return True
+    return any(isinstance(d, str) and not (i == 0 and d == batch) for i, d in enumerate(shape))
 
 
 def activation_outputs(graph: onnx.GraphProto) -> set[str]:
@@ -149,60 +187,97 @@ def select_layers(
     """Resolve names, indices, globs and `auto` to layers, in graph order, without duplicates.
 
     `constants`: tensors of the graph that are not layers because the input does not reach them
-    (`constant_tensors`); naming one gets that explanation instead of "unknown layer".
+    (`constant_tensors`); naming one gets that explanation instead of "unknown layer". See
+    `selection` for the same with notes on what `auto` could not give.
     """
+    return list(selection(layers, specs, constants).layers)
+
+
+def selection(layers: Sequence[Layer], specs: Sequence[str], constants: Collection[str] = ()) -> Selection:
+    """`select_layers`, with a note whenever `auto` kept fewer layers than it asks for, and why."""
     if not layers:
         raise InputError("the graph has no layer that depends on its input")
     chosen: dict[int, Layer] = {}
+    notes: list[str] = []
     by_name = {layer.name: layer for layer in layers}
     for spec in specs or ["auto"]:
         spec = spec.strip()
         if spec == "auto":
-            found = auto_layers(layers)
-        elif spec in by_name:
-            found = [by_name[spec]]
-        elif _is_int(spec):
-            index = int(spec)
-            if not -len(layers) <= index < len(layers):
-                raise InputError(f"layer index {index} is out of range; the graph has {len(layers)} layers (0..{len(layers) - 1})")
-            found = [layers[index]]
-        elif any(ch in spec for ch in "*?["):
-            found = [layer for layer in layers if fnmatch.fnmatchcase(layer.name, spec)]
-            if not found:
-                raise InputError(f"layer pattern '{spec}' matches no layer; list them with `infodiscard layers MODEL`")
-        elif spec in constants:
-            raise InputError(
-                f"layer '{spec}' is constant with respect to the input (a weight, or computed from weights "
-                "only); choose a layer the image reaches"
-            )
+            found, note = auto_selection(layers)
+            notes.extend([note] if note else [])
         else:
-            raise InputError(f"unknown layer '{spec}'{close_matches(spec, by_name)}")
+            found = _resolve(spec, layers, by_name, constants)
         for layer in found:
             chosen[layer.index] = layer
-    return [chosen[i] for i in sorted(chosen)]
+    return Selection(tuple(chosen[i] for i in sorted(chosen)), tuple(notes))
+
+
+def _resolve(spec: str, layers: Sequence[Layer], by_name: dict[str, Layer], constants: Collection[str]) -> list[Layer]:
+    if spec in by_name:
+        return [by_name[spec]]
+    if _is_int(spec):
+        index = int(spec)
+        if not -len(layers) <= index < len(layers):
+            raise InputError(f"layer index {index} is out of range; the graph has {len(layers)} layers "
+                             f"(0..{len(layers) - 1})")
+        return [layers[index]]
+    if any(ch in spec for ch in "*?["):
+        found = [layer for layer in layers if fnmatch.fnmatchcase(layer.name, spec)]
+        if not found:
+            raise InputError(f"layer pattern '{spec}' matches no layer; list them with `infodiscard layers MODEL`")
+        return found
+    if spec in constants:
+        raise InputError(
+            f"layer '{spec}' is constant with respect to the input (a weight, or computed from weights "
+            "only); choose a layer the image reaches"
+        )
+    raise InputError(f"unknown layer '{spec}'{close_matches(spec, by_name)}")
 
 
 def auto_layers(layers: Sequence[Layer], count: int = AUTO_COUNT) -> list[Layer]:
-    """About `count` evenly spaced activation outputs that still have spatial extent (before the head)."""
-    spatial = [layer for layer in layers if _spatial_size(layer) > 1]
-    pool = [layer for layer in spatial if layer.activation] or spatial or list(layers)
-    if len(pool) <= count:
-        return list(pool)
-    return [pool[round((i + 1) * len(pool) / count) - 1] for i in range(count)]
+    """About `count` evenly spaced activation outputs that are feature maps (NCHW, NHWC or tokens)."""
+    return auto_selection(layers, count)[0]
 
 
-def _spatial_size(layer: Layer) -> int:
-    """Positions of a feature map: H*W of a rank-4 tensor, tokens of (N, tokens, dim); 1 for vectors.
+def auto_selection(layers: Sequence[Layer], count: int = AUTO_COUNT) -> tuple[list[Layer], str | None]:
+    """`auto_layers`, and a note when it keeps fewer than `count` or falls back from activations."""
+    spatial = [layer for layer in layers if layer.spatial]
+    activations = [layer for layer in spatial if layer.activation]
+    pool = activations or spatial or [layers[0]]
+    if len(pool) > count:
+        return [pool[round((i + 1) * len(pool) / count) - 1] for i in range(count)], None
+    if len(pool) == count and activations:
+        return list(pool), None
+    return list(pool), _shortfall_note(layers, pool, count, bool(activations), bool(spatial))
 
-    A rank-4 tensor may be NCHW or NHWC; the smaller reading is taken, so that a pooled
-    (N, C, 1, 1) tensor counts as one position whichever layout it has.
-    """
-    if not layer.shape or len(layer.shape) < 3:
-        return 1
-    dims = [d if isinstance(d, int) else 1 for d in layer.shape]
-    if len(dims) == 4:
-        return min(dims[2] * dims[3], dims[1] * dims[2])
-    return dims[1]  # (N, tokens, dim)
+
+#: How `auto`'s note names the activations it passed over, by their layout.
+PASSED_OVER = {
+    L.WINDOWS: "window-partitioned", L.VECTOR: "vectors", L.OTHER: "of no spatial layout",
+    L.UNKNOWN: "of unknown shape", L.NCHW: "of one position", L.NHWC: "of one position", L.TOKENS: "of one token",
+}
+
+
+def _shortfall_note(layers: Sequence[Layer], pool: Sequence[Layer], count: int, activations: bool,
+                    spatial: bool) -> str:
+    """Why `auto` kept len(pool) layers, not `count` activation maps: what it passed over, and for what."""
+    kept = f"auto kept {len(pool)} layer{'s' if len(pool) != 1 else ''} (it takes up to {count} activation maps)"
+    if not spatial:
+        kept += ", the first layer only: no tensor is a feature map"
+    elif not activations:
+        kept += ", feature maps that are not activation outputs: the graph has no spatial activation"
+    by_layout: dict[str, int] = defaultdict(int)
+    for layer in layers:
+        if layer.activation and not layer.spatial:
+            by_layout[layer.layout] += 1
+    reasons = ", ".join(f"{n} {PASSED_OVER.get(kind, kind)}" for kind, n in sorted(by_layout.items()))
+    last = pool[-1].index
+    unknown = next((layer for layer in layers if layer.layout == L.UNKNOWN and layer.index > last), None)
+    after = (f"; no shape is known from node '{unknown.node_name}' ({unknown.op_type}) on, so later tensors cannot "
+             "be placed (neither shape inference nor onnxruntime runs that op)") if unknown else ""
+    if not reasons and not after:
+        return f"{kept}: the graph has only {len(pool)} such feature map{'s' if len(pool) != 1 else ''}"
+    return f"{kept}; activations passed over: {reasons or 'none'}{after}; name layers to analyse others"
 
 
 def check_differentiable(model: NormalisedModel, layers: Sequence[Layer]) -> None:
@@ -226,7 +301,8 @@ def check_differentiable(model: NormalisedModel, layers: Sequence[Layer]) -> Non
                 blocker[name] = upstream[0] if upstream else node
     for layer in layers:
         if layer.name not in reaches:
-            raise InputError(f"layer '{layer.name}' is constant with respect to the input; choose a layer the image reaches")
+            raise InputError(f"layer '{layer.name}' is constant with respect to the input; "
+                             "choose a layer the image reaches")
         if layer.name not in flows:
             node = blocker[layer.name]
             raise InputError(

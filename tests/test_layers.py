@@ -17,7 +17,7 @@ from onnx_infodiscard.convert import convert, truncate
 from onnx_infodiscard.errors import InputError
 from onnx_infodiscard import layouts as L
 from onnx_infodiscard.layers import auto_layers, auto_selection, list_layers, select_layers, selection
-from onnx_infodiscard.normalise import normalise
+from onnx_infodiscard.passes import normalise
 
 
 @pytest.fixture(scope="module")

@@ -53,8 +53,15 @@ def export(name: str, path: Path) -> None:
     # (aten::_native_multi_head_attention), which the TorchScript exporter cannot export.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"])
+        torch.onnx.export(
+            model,
+            (torch.rand(1, 3, 224, 224),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+        )
 
 
 def one(args: argparse.Namespace) -> dict:
@@ -76,33 +83,49 @@ def one(args: argparse.Namespace) -> dict:
         notes = selection(list_layers(open_model(model)[1]), ["auto"]).notes
         settings = SolverSettings(steps=args.steps, samples=args.samples, max_eval_samples=args.max_eval_samples)
         start = time.perf_counter()
-        report = analyze(model, [photo(folder)], ["auto"], settings=settings, device="cpu",
-                         preprocessing_overrides={"preset": "imagenet"})
+        report = analyze(
+            model,
+            [photo(folder)],
+            ["auto"],
+            settings=settings,
+            device="cpu",
+            preprocessing_overrides={"preset": "imagenet"},
+        )
         seconds = time.perf_counter() - start
     return {
-        "network": args.one, "export_s": round(export_s, 1), "analyze_s": round(seconds, 1),
+        "network": args.one,
+        "export_s": round(export_s, 1),
+        "analyze_s": round(seconds, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "rows": len(report.results), "converged": sum(r.converged for r in report.results),
+        "rows": len(report.results),
+        "converged": sum(r.converged for r in report.results),
         "d_over_tau": [round(r.d_over_tau, 3) for r in report.results],
-        "layers": [{"name": layer.name, "shape": list(layer.shape or ()), "layout": layer.layout}
-                   for layer in report.layers],
-        "auto_notes": list(notes), "crosscheck_tolerances": [a.tolerance for a in report.crosscheck.layers],
+        "layers": [
+            {"name": layer.name, "shape": list(layer.shape or ()), "layout": layer.layout} for layer in report.layers
+        ],
+        "auto_notes": list(notes),
+        "crosscheck_tolerances": [a.tolerance for a in report.crosscheck.layers],
     }
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
-    lines = [f"`python benchmarks/bench_224.py --steps {args.steps} --samples {args.samples} --threads {args.threads} "
-             f"--max-eval-samples {args.max_eval_samples}` (one 224×224 image, `--layer auto`, CPU)", "",
-             "| network | layers (auto) | analyze s | peak RSS MB | rows converged | export s |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"`python benchmarks/bench_224.py --steps {args.steps} --samples {args.samples} --threads {args.threads} "
+        f"--max-eval-samples {args.max_eval_samples}` (one 224×224 image, `--layer auto`, CPU)",
+        "",
+        "| network | layers (auto) | analyze s | peak RSS MB | rows converged | export s |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['network']} | failed: {row['error']} | | | | |")
             continue
         shapes = ", ".join(f"{'×'.join(map(str, layer['shape'][1:]))} {layer['layout']}" for layer in row["layers"])
-        lines.append(f"| {row['network']} | {len(row['layers'])}: {shapes} | {row['analyze_s']} | "
-                     f"{row['peak_rss_mb']} | "
-                     f"{row['converged']}/{row['rows']} | {row['export_s']} |")
+        lines.append(
+            f"| {row['network']} | {len(row['layers'])}: {shapes} | {row['analyze_s']} | "
+            f"{row['peak_rss_mb']} | "
+            f"{row['converged']}/{row['rows']} | {row['export_s']} |"
+        )
     notes = [f"- {row['network']}: {note}" for row in rows for note in row.get("auto_notes", [])]
     return "\n".join(lines + ([""] + notes if notes else []))
 
@@ -121,8 +144,20 @@ def main() -> None:
         return
     rows = []
     for name in args.networks:
-        command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--samples", str(args.samples),
-                   "--threads", str(args.threads), "--max-eval-samples", str(args.max_eval_samples)]
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--steps",
+            str(args.steps),
+            "--samples",
+            str(args.samples),
+            "--threads",
+            str(args.threads),
+            "--max-eval-samples",
+            str(args.max_eval_samples),
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             rows.append({"network": name, "error": (done.stderr.strip().splitlines() or ["?"])[-1]})

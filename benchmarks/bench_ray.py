@@ -52,14 +52,21 @@ def main() -> None:
         remote = compare(models, images, settings=settings, device="cpu", ray="auto")
         ray_times.append(time.perf_counter() - start)
     rows = sum(len(report.results) for report in local.reports)
-    largest = max(float(np.abs(a.entropy - b.entropy).max()) for ra, rb in zip(local.reports, remote.reports)
-                  for a, b in zip(ra.results, rb.results))
+    largest = max(
+        float(np.abs(a.entropy - b.entropy).max())
+        for ra, rb in zip(local.reports, remote.reports)
+        for a, b in zip(ra.results, rb.results)
+    )
     t_local, t_ray = statistics.median(local_times), statistics.median(ray_times)
     overhead = (args.workers * t_ray - t_local) / rows
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {len(models)} models, {len(images)} images, "
-          f"{rows} rows, {args.steps} steps; max |ΔH| Ray vs local {largest:.1e}")
-    print(f"RESULT bench=compare_ray workers={args.workers} rows={rows} local_s={t_local:.1f} ray_s={t_ray:.1f} "
-          f"speedup={t_local / t_ray:.2f} overhead_cpu_s_per_row={overhead:.2f}")
+    print(
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {len(models)} models, {len(images)} images, "
+        f"{rows} rows, {args.steps} steps; max |ΔH| Ray vs local {largest:.1e}"
+    )
+    print(
+        f"RESULT bench=compare_ray workers={args.workers} rows={rows} local_s={t_local:.1f} ray_s={t_ray:.1f} "
+        f"speedup={t_local / t_ray:.2f} overhead_cpu_s_per_row={overhead:.2f}"
+    )
     ray.shutdown()
 
 

@@ -86,7 +86,9 @@ class AuthorsResult:
     seconds: float
 
 
-def authors_loop(feature, image: torch.Tensor, scale: torch.Tensor, a: AuthorsSettings, generator: torch.Generator) -> tuple[torch.Tensor, list[float], float]:
+def authors_loop(
+    feature, image: torch.Tensor, scale: torch.Tensor, a: AuthorsSettings, generator: torch.Generator
+) -> tuple[torch.Tensor, list[float], float]:
     """One image, one layer, as `step_capability_x.py` does it. Returns (σ grid, D/D0 per step, D0).
 
     Our reading of their missing `model/noise_layer`: the parameter is σ itself (1, 1, 16, 16),
@@ -126,7 +128,9 @@ def authors_loop(feature, image: torch.Tensor, scale: torch.Tensor, a: AuthorsSe
     return sigma.detach(), [float(r) for r in ratios], float(d0)
 
 
-def run_authors(case, features, settings: AuthorsSettings, tau: float, eval_samples: int, device, seed: int, measure: bool):
+def run_authors(
+    case, features, settings: AuthorsSettings, tau: float, eval_samples: int, device, seed: int, measure: bool
+):
     """Every (image, layer) one after the other. Returns ({(i, layer): AuthorsResult}, seconds per image)."""
     results, per_image = {}, []
     for i in range(len(case.images)):
@@ -151,9 +155,14 @@ def run_authors(case, features, settings: AuthorsSettings, tau: float, eval_samp
             ratio, se = measure_fixed(feature, image, reference, scale, log_sigma, tau, eval_samples, generator)
             pick = int(np.argmin(np.abs(np.array(ratios) - settings.pick_target)))
             results[(i, layer)] = AuthorsResult(
-                log_sigma=log_sigma[0, 0].cpu().numpy(), d_over_tau=ratio, standard_error=se,
-                d0_over_tau=d0 / tau, final_loss_ratio=ratios[-1], picked_step=pick,
-                picked_d_over_tau=ratios[pick] * d0 / tau, seconds=seconds,
+                log_sigma=log_sigma[0, 0].cpu().numpy(),
+                d_over_tau=ratio,
+                standard_error=se,
+                d0_over_tau=d0 / tau,
+                final_loss_ratio=ratios[-1],
+                picked_step=pick,
+                picked_d_over_tau=ratios[pick] * d0 / tau,
+                seconds=seconds,
             )
         per_image.append(image_seconds)
     return results, per_image
@@ -240,6 +249,7 @@ class PhaseTimer:
                 _sync(self.device)
                 self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
                 self.calls[stage] = self.calls.get(stage, 0) + 1
+
         return wrapper
 
     def describe(self, images: int) -> str:
@@ -275,13 +285,17 @@ def digits_case(n_images: int) -> Case:
     """The shipped model, its card's preprocessing and suggested layers, its first images by name."""
     proto = onnx.load(str(DIGITS), load_external_data=False)
     card = read_card(DIGITS, proto)
-    dims = [d.dim_value for d in next(i for i in proto.graph.input if i.name == card["input"]).type.tensor_type.shape.dim]
+    dims = [
+        d.dim_value for d in next(i for i in proto.graph.input if i.name == card["input"]).type.tensor_type.shape.dim
+    ]
     shape = (1, *dims[1:])
     preprocessing = resolve_preprocessing(card, shape)
     files = find_images([DIGITS.parent / card["images"]])[:n_images]
     canonical = load_images(files, canonical_shape(shape, preprocessing.layout))
     images = torch.from_numpy(np.stack([c.pixels for c in canonical]))
-    return Case("digits_cnn", DIGITS, list(card["suggested_layers"]), preprocessing, images, [c.name for c in canonical])
+    return Case(
+        "digits_cnn", DIGITS, list(card["suggested_layers"]), preprocessing, images, [c.name for c in canonical]
+    )
 
 
 def torchvision_case(name: str, folder: Path, n_images: int, size: int) -> Case:
@@ -295,9 +309,16 @@ def torchvision_case(name: str, folder: Path, n_images: int, size: int) -> Case:
     path = folder / f"{name}_random_{size}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.zeros(1, 3, size, size), str(path), opset_version=17, dynamo=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        torch.onnx.export(
+            model,
+            torch.zeros(1, 3, size, size),
+            str(path),
+            opset_version=17,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        )
     del model
     nodes = onnx.load(str(path), load_external_data=False).graph.node
     if name == "vgg16":
@@ -320,11 +341,17 @@ def real_images(n: int, size: int) -> tuple[torch.Tensor, list[str], str]:
         what = "sklearn load_sample_images (china.jpg, flower.jpg) and crops of them"
     except Exception:  # no sklearn: a deterministic synthetic scene
         yy, xx = np.mgrid[0:427, 0:640] / 427.0
-        synthetic = np.stack([np.sin(6 * xx) * 0.5 + 0.5, (xx * yy) % 1.0, ((xx - 0.7) ** 2 + (yy - 0.5) ** 2 < 0.1) * 1.0], -1)
+        synthetic = np.stack(
+            [np.sin(6 * xx) * 0.5 + 0.5, (xx * yy) % 1.0, ((xx - 0.7) ** 2 + (yy - 0.5) ** 2 < 0.1) * 1.0], -1
+        )
         sources = [("synthetic", (synthetic * 255).astype(np.uint8))]
         what = "a deterministic synthetic image and crops of it (sklearn not installed)"
-    crops = [("full", lambda a: a), ("left", lambda a: a[:, : a.shape[1] // 2]), ("right", lambda a: a[:, a.shape[1] // 2 :]),
-             ("centre", lambda a: a[a.shape[0] // 4 : 3 * a.shape[0] // 4, a.shape[1] // 4 : 3 * a.shape[1] // 4])]
+    crops = [
+        ("full", lambda a: a),
+        ("left", lambda a: a[:, : a.shape[1] // 2]),
+        ("right", lambda a: a[:, a.shape[1] // 2 :]),
+        ("centre", lambda a: a[a.shape[0] // 4 : 3 * a.shape[0] // 4, a.shape[1] // 4 : 3 * a.shape[1] // 4]),
+    ]
     out, names = [], []
     for crop_name, crop in crops:
         for stem, array in sources:
@@ -343,22 +370,33 @@ def real_images(n: int, size: int) -> tuple[torch.Tensor, list[str], str]:
 
 
 def benchmark(case: Case, device: torch.device, args) -> tuple[str, bool]:
-    print(f"\n=== {case.name}: {len(case.images)} image(s) {tuple(case.images.shape[1:])}, {len(case.layers)} layers, device {device}")
+    print(
+        f"\n=== {case.name}: {len(case.images)} image(s) {tuple(case.images.shape[1:])}, {len(case.layers)} layers, device {device}"
+    )
     for note in case.notes:
         print(f"    {note}")
-    canonical = [CanonicalImage(name, pixels.numpy(), tuple(pixels.shape[1:]))
-                 for name, pixels in zip(case.image_names, case.images)]
-    session = open_session(case.path, layers=case.layers, preprocessing=case.preprocessing, device=str(device),
-                           canonical=canonical)
+    canonical = [
+        CanonicalImage(name, pixels.numpy(), tuple(pixels.shape[1:]))
+        for name, pixels in zip(case.image_names, case.images)
+    ]
+    session = open_session(
+        case.path, layers=case.layers, preprocessing=case.preprocessing, device=str(device), canonical=canonical
+    )
     features = {name: session.pipeline(name) for name in case.layers}
-    print(f"    prepared in {session.seconds:.1f} s (untimed); cross-check: {session.crosscheck.provider}, "
-          f"passed={session.crosscheck.passed}; batch_safe={session.conversion.batch_safe}")
+    print(
+        f"    prepared in {session.seconds:.1f} s (untimed); cross-check: {session.crosscheck.provider}, "
+        f"passed={session.crosscheck.passed}; batch_safe={session.conversion.batch_safe}"
+    )
     for layer in session.layers:
         print(f"    layer {layer.index:4d} {layer.name}  {layer.op_type} {layer.shape}")
 
     authors = AuthorsSettings(steps=args.steps or AuthorsSettings.steps)
-    ours = SolverSettings(**({"steps": args.steps} if args.steps else {}), **({"grid": args.our_grid} if args.our_grid else {}),
-                          precision=args.precision, memory_format=args.memory_format)
+    ours = SolverSettings(
+        **({"steps": args.steps} if args.steps else {}),
+        **({"grid": args.our_grid} if args.our_grid else {}),
+        precision=args.precision,
+        memory_format=args.memory_format,
+    )
     print(f"    authors: {authors}")
     print(f"    ours:    {ours}")
     if args.warmup:
@@ -369,33 +407,48 @@ def benchmark(case: Case, device: torch.device, args) -> tuple[str, bool]:
     authors_times, ours_times, authors_image_times, ours_phases = [], [], [], []
     for repeat in range(args.repeats):
         measure = repeat == args.repeats - 1
-        results, per_image = run_authors(case, features, authors, ours.tau, args.eval_samples, device, args.seed, measure)
+        results, per_image = run_authors(
+            case, features, authors, ours.tau, args.eval_samples, device, args.seed, measure
+        )
         authors_times.append(sum(per_image) / len(per_image))
         authors_image_times.append(per_image)
         solution, seconds, phases = run_ours(case, features, ours, device, args.stages)
         ours_times.append(seconds / len(case.images))
         ours_phases.append(phases)
-        print(f"    repeat {repeat + 1}/{args.repeats}: authors {authors_times[-1]:.3f} s/img, ours {ours_times[-1]:.3f} s/img, "
-              f"ratio {authors_times[-1] / ours_times[-1]:.2f}; ours by stage {phases.describe(len(case.images))}", flush=True)
+        print(
+            f"    repeat {repeat + 1}/{args.repeats}: authors {authors_times[-1]:.3f} s/img, ours {ours_times[-1]:.3f} s/img, "
+            f"ratio {authors_times[-1] / ours_times[-1]:.2f}; ours by stage {phases.describe(len(case.images))}",
+            flush=True,
+        )
 
     a, b = statistics.median(authors_times), statistics.median(ours_times)
-    print(f"\n    per-image time, all {len(case.layers)} layers (median of {args.repeats}; ours is batched over images, so total/n):")
+    print(
+        f"\n    per-image time, all {len(case.layers)} layers (median of {args.repeats}; ours is batched over images, so total/n):"
+    )
     for i, image_name in enumerate(case.image_names):
         print(f"      {image_name:28s} authors {statistics.median(t[i] for t in authors_image_times):8.3f} s")
     print(f"      {'mean per image':28s} authors {a:8.3f} s   ours {b:8.3f} s   speedup authors/ours {a / b:.2f}x")
-    if (authors.steps != AuthorsSettings.steps or ours.steps != SolverSettings.steps) and "steps" in ours_phases[0].times:
+    if (authors.steps != AuthorsSettings.steps or ours.steps != SolverSettings.steps) and "steps" in ours_phases[
+        0
+    ].times:
         # Steps were cut for feasibility: scale the per-step parts to each method's default step count.
         phases = ours_phases[len(ours_phases) // 2]
         per_step = phases.times.get("steps", 0.0) / max(phases.calls.get("steps", 1), 1) / len(case.images)
         ours_full = b + per_step * (SolverSettings.steps - ours.steps)
         authors_full = a * (AuthorsSettings.steps + 1) / (authors.steps + 1)  # + 1: the D0 batch
-        print(f"      ESTIMATE at the default steps (authors {AuthorsSettings.steps}, ours {SolverSettings.steps}; per-step time scaled,"
-              f" our init and measurement as measured): authors {authors_full:.3f} s/img, ours {ours_full:.3f} s/img,"
-              f" speedup {authors_full / ours_full:.2f}x  (not a measurement)")
+        print(
+            f"      ESTIMATE at the default steps (authors {AuthorsSettings.steps}, ours {SolverSettings.steps}; per-step time scaled,"
+            f" our init and measurement as measured): authors {authors_full:.3f} s/img, ours {ours_full:.3f} s/img,"
+            f" speedup {authors_full / ours_full:.2f}x  (not a measurement)"
+        )
 
-    print(f"\n    quality (τ = {ours.tau}; met = |D/τ − 1| ≤ {TOLERANCE}; D/τ measured on fresh noise; CID nats per value):")
-    print(f"      {'image':18s} {'layer':42s} | {'authors D/τ':>14s} {'met':>3s} {'CID':>7s} {'D0/τ':>7s} {'pick':>4s} {'pick D/τ':>8s}"
-          f" | {'ours D/τ':>14s} {'conv':>4s} {'CID':>7s} {'λ':>5s} {'n_eval':>6s}")
+    print(
+        f"\n    quality (τ = {ours.tau}; met = |D/τ − 1| ≤ {TOLERANCE}; D/τ measured on fresh noise; CID nats per value):"
+    )
+    print(
+        f"      {'image':18s} {'layer':42s} | {'authors D/τ':>14s} {'met':>3s} {'CID':>7s} {'D0/τ':>7s} {'pick':>4s} {'pick D/τ':>8s}"
+        f" | {'ours D/τ':>14s} {'conv':>4s} {'CID':>7s} {'λ':>5s} {'n_eval':>6s}"
+    )
     n = len(case.images)
     for j, layer in enumerate(case.layers):
         for i, image_name in enumerate(case.image_names):
@@ -404,21 +457,33 @@ def benchmark(case: Case, device: torch.device, args) -> tuple[str, bool]:
             a_cid = float(r.log_sigma.mean()) + HALF_LOG_2PIE
             o_cid = float(solution.log_sigma[row].mean()) + HALF_LOG_2PIE
             a_met = abs(r.d_over_tau - 1) <= TOLERANCE
-            print(f"      {image_name[:18]:18s} {layer[-42:]:42s} | {r.d_over_tau:7.3f}±{r.standard_error * r.d_over_tau:<6.3f} {_yn(a_met):>3s}"
-                  f" {a_cid:7.3f} {r.d0_over_tau:7.3f} {r.picked_step:4d} {r.picked_d_over_tau:8.3f}"
-                  f" | {solution.d_over_tau[row]:7.3f}±{solution.standard_error[row] * solution.d_over_tau[row]:<6.3f}"
-                  f" {_yn(bool(solution.converged[row])):>4s} {o_cid:7.3f} {solution.multiplier[row]:5.2f} {int(solution.eval_samples[row]):6d}")
-    print("      (pick: the authors' step_result.py keeps the step whose training D/D0 is closest to 1.5; pick D/τ is"
-          " that step's 8-sample training estimate)")
+            print(
+                f"      {image_name[:18]:18s} {layer[-42:]:42s} | {r.d_over_tau:7.3f}±{r.standard_error * r.d_over_tau:<6.3f} {_yn(a_met):>3s}"
+                f" {a_cid:7.3f} {r.d0_over_tau:7.3f} {r.picked_step:4d} {r.picked_d_over_tau:8.3f}"
+                f" | {solution.d_over_tau[row]:7.3f}±{solution.standard_error[row] * solution.d_over_tau[row]:<6.3f}"
+                f" {_yn(bool(solution.converged[row])):>4s} {o_cid:7.3f} {solution.multiplier[row]:5.2f} {int(solution.eval_samples[row]):6d}"
+            )
+    print(
+        "      (pick: the authors' step_result.py keeps the step whose training D/D0 is closest to 1.5; pick D/τ is"
+        " that step's 8-sample training estimate)"
+    )
     converged = bool(np.all(solution.converged))
     met = sum(abs(r.d_over_tau - 1) <= TOLERANCE for r in results.values())
-    print(f"    summary: authors met the budget on {met}/{len(results)}; ours converged on "
-          f"{int(np.sum(solution.converged))}/{len(solution.converged)}")
+    print(
+        f"    summary: authors met the budget on {met}/{len(results)}; ours converged on "
+        f"{int(np.sum(solution.converged))}/{len(solution.converged)}"
+    )
     # never mistaken for a run at the defaults: fewer steps, another precision or a forced layout
-    name = (case.name + (f"-steps{args.steps}" if args.steps else "") + (f"-{args.precision}" if args.precision != "fp32" else "")
-            + (f"-{args.memory_format}" if args.memory_format != "auto" else ""))
-    line = (f"RESULT model={name} device={device.type} authors_s_per_img={a:.4g} ours_s_per_img={b:.4g} "
-            f"speedup={a / b:.3g} converged={'true' if converged else 'false'}")
+    name = (
+        case.name
+        + (f"-steps{args.steps}" if args.steps else "")
+        + (f"-{args.precision}" if args.precision != "fp32" else "")
+        + (f"-{args.memory_format}" if args.memory_format != "auto" else "")
+    )
+    line = (
+        f"RESULT model={name} device={device.type} authors_s_per_img={a:.4g} ours_s_per_img={b:.4g} "
+        f"speedup={a / b:.3g} converged={'true' if converged else 'false'}"
+    )
     return line, converged
 
 
@@ -427,28 +492,77 @@ def _yn(value: bool) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (one device per process)")
-    p.add_argument("--quick", action="store_true", help="only the shipped digits model, 4 images (< 5 min on 2 CPU cores)")
+    p.add_argument(
+        "--quick", action="store_true", help="only the shipped digits model, 4 images (< 5 min on 2 CPU cores)"
+    )
     p.add_argument("--models", default=None, help=f"comma-separated subset of {','.join(MODELS)} (default: all)")
-    p.add_argument("--images", type=int, default=None,
-                   help="images per model (default: digits 4 with --quick else 8; VGG/ResNet 1 on cpu, 8 on cuda)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats, methods alternating; medians reported (default 3 quick, else 1 on cpu / 3 on cuda)")
-    p.add_argument("--steps", type=int, default=None, help="override the step count of BOTH methods (default: each its own, 100 and 100); for CPU feasibility only")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="images per model (default: digits 4 with --quick else 8; VGG/ResNet 1 on cpu, 8 on cuda)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats, methods alternating; medians reported (default 3 quick, else 1 on cpu / 3 on cuda)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="override the step count of BOTH methods (default: each its own, 100 and 100); for CPU feasibility only",
+    )
     p.add_argument("--size", type=int, default=224, help="input size of the exported torchvision models (default 224)")
-    p.add_argument("--our-grid", type=int, default=None, help="σ grid for this project's solver (default: its default, full resolution)")
-    p.add_argument("--eval-samples", type=int, default=64, help="fresh noise samples to measure the authors' final D/τ (default 64)")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="autocast of this project's optimisation steps (default fp32; bf16 is the GPU candidate)")
-    p.add_argument("--memory-format", default="auto", choices=MEMORY_FORMATS,
-                   help="activation layout of this project's solver (default auto: channels_last on cuda, contiguous on cpu)")
+    p.add_argument(
+        "--our-grid",
+        type=int,
+        default=None,
+        help="σ grid for this project's solver (default: its default, full resolution)",
+    )
+    p.add_argument(
+        "--eval-samples",
+        type=int,
+        default=64,
+        help="fresh noise samples to measure the authors' final D/τ (default 64)",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=list(PRECISIONS),
+        help="autocast of this project's optimisation steps (default fp32; bf16 is the GPU candidate)",
+    )
+    p.add_argument(
+        "--memory-format",
+        default="auto",
+        choices=MEMORY_FORMATS,
+        help="activation layout of this project's solver (default auto: channels_last on cuda, contiguous on cpu)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
-                   help="split our time by solver stage (default on; on a GPU it adds one device sync per stage call)")
-    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None, help="untimed warm-up run (default: on for cuda)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op CPU threads (default 1 on cpu: on a shared, loaded machine two threads ran this"
-                        " workload 5-10x slower than one; 0 = torch's default)")
+    p.add_argument(
+        "--stages",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="split our time by solver stage (default on; on a GPU it adds one device sync per stage call)",
+    )
+    p.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="untimed warm-up run (default: on for cuda)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op CPU threads (default 1 on cpu: on a shared, loaded machine two threads ran this"
+        " workload 5-10x slower than one; 0 = torch's default)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.models = args.models or "digits"
@@ -476,9 +590,11 @@ def main(argv=None) -> int:
     if args.repeats is None:
         args.repeats = 3 if (args.quick or cuda) else 1
     total_start = time.perf_counter()
-    print(f"bench_vs_authors: device {_device_name(device)}; torch {torch.__version__}, onnx {onnx.__version__}, "
-          f"onnxruntime {_version('onnxruntime')}, onnx2torch {_version('onnx2torch')}, python {platform.python_version()}; "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"bench_vs_authors: device {_device_name(device)}; torch {torch.__version__}, onnx {onnx.__version__}, "
+        f"onnxruntime {_version('onnxruntime')}, onnx2torch {_version('onnx2torch')}, python {platform.python_version()}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"command: {' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}")
     lines, all_converged = [], True
     with tempfile.TemporaryDirectory(prefix="bench_vs_authors_") as tmp:
@@ -503,7 +619,11 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         model = platform.processor() or "unknown"
     threads = torch.get_num_threads()

@@ -51,8 +51,15 @@ def run(folder: Path, out: Path, grid: int | None, cid_only: bool, steps: int) -
         if total and (seen[stage] * 10 // total) != ((seen[stage] - advance) * 10 // total):
             print(f"{time.perf_counter() - start:7.0f} s  {stage}: {seen[stage]}/{total}", file=sys.stderr, flush=True)
 
-    result = localize(None, [folder], folder / "boxes.csv", settings=SolverSettings(grid=grid, steps=steps),
-                      device="cpu", progress=progress, **kwargs)
+    result = localize(
+        None,
+        [folder],
+        folder / "boxes.csv",
+        settings=SolverSettings(grid=grid, steps=steps),
+        device="cpu",
+        progress=progress,
+        **kwargs,
+    )
     write_localization(result, out, overlays=0)
     print(json.dumps(result.summary_json() | {"seconds": time.perf_counter() - start}, indent=1, default=str))
 
@@ -71,8 +78,16 @@ def _pooled(outs: list[Path]) -> dict[str, dict]:
             entry = pooled.setdefault(label, {"control": m["control"], "rows": [], "normalised": []})
             entry["normalised"].append((m["deletion_auc_normalised"], len(result["images"])))
             for i, image in enumerate(result["images"]):
-                entry["rows"].append((image["image"], stacks[name][i], tuple(image["truth"]), image["pointing"][name],
-                                      image["deletion_auc"][name], image["correct"]))
+                entry["rows"].append(
+                    (
+                        image["image"],
+                        stacks[name][i],
+                        tuple(image["truth"]),
+                        image["pointing"][name],
+                        image["deletion_auc"][name],
+                        image["correct"],
+                    )
+                )
     for entry in pooled.values():
         entry["rows"].sort(key=lambda row: row[0])
     names = {label: [row[0] for row in entry["rows"]] for label, entry in pooled.items()}
@@ -82,7 +97,11 @@ def _pooled(outs: list[Path]) -> dict[str, dict]:
 
 def combine(outs: list[Path], folds: int = 5, seed: int = 0) -> None:
     from onnx_infodiscard.localization import (
-        DEFAULT_FRACTION, best_option, cross_validated_accuracy, cross_validated_choice, fraction_preference,
+        DEFAULT_FRACTION,
+        best_option,
+        cross_validated_accuracy,
+        cross_validated_choice,
+        fraction_preference,
         sweep_hits,
     )
     from onnx_infodiscard.localize import FRACTIONS
@@ -91,8 +110,10 @@ def combine(outs: list[Path], folds: int = 5, seed: int = 0) -> None:
     fixed, preference = FRACTIONS.index(DEFAULT_FRACTION), fraction_preference(FRACTIONS)
     n = len(next(iter(pooled.values()))["rows"])
     print(f"{n} images, {folds}-fold CV, fold seed {seed}\n")
-    print("| map | loc (0.5) ± s.e. | **loc CV ± s.e.** (fraction per fold) | best on all (optimistic) | pointing | "
-          "deletion AUC of p (correct images) | old normalised AUC |")
+    print(
+        "| map | loc (0.5) ± s.e. | **loc CV ± s.e.** (fraction per fold) | best on all (optimistic) | pointing | "
+        "deletion AUC of p (correct images) | old normalised AUC |"
+    )
     print("|---|---|---|---|---|---|---|")
     cid = []
     for label, entry in pooled.items():
@@ -106,15 +127,19 @@ def combine(outs: list[Path], folds: int = 5, seed: int = 0) -> None:
         weighted = [(v, k) for v, k in entry["normalised"] if v is not None]
         old = sum(v * k for v, k in weighted) / sum(k for _, k in weighted) if weighted else float("nan")
         chosen = ", ".join(f"{FRACTIONS[j]:.2f}" for j in cv.chosen)
-        print(f"| {label}{' (control)' if entry['control'] else ''} | {p:.3f} ± {np.sqrt(p * (1 - p) / n):.3f} | "
-              f"**{cv.accuracy:.3f} ± {cv.se:.3f}** ({chosen}) | "
-              f"{FRACTIONS[best]:.2f} → {hits[:, best].mean():.3f} | "
-              f"{np.mean([r[3] for r in rows]):.3f} | {np.mean(kept):.3f} ({len(kept)}) | {old:.3f} |")
+        print(
+            f"| {label}{' (control)' if entry['control'] else ''} | {p:.3f} ± {np.sqrt(p * (1 - p) / n):.3f} | "
+            f"**{cv.accuracy:.3f} ± {cv.se:.3f}** ({chosen}) | "
+            f"{FRACTIONS[best]:.2f} → {hits[:, best].mean():.3f} | "
+            f"{np.mean([r[3] for r in rows]):.3f} | {np.mean(kept):.3f} ({len(kept)}) | {old:.3f} |"
+        )
     if len(cid) > 1:
         cv, picks = cross_validated_choice([h for _, h in cid], FRACTIONS, folds, seed)
         chosen = [f"{cid[g][0]} {f:.2f}" for g, f in picks]
-        print(f"\nCID, lattice and fraction chosen together by {folds}-fold CV among {[n for n, _ in cid]}: "
-              f"**{cv.accuracy:.3f} ± {cv.se:.3f}**; chosen per fold: {'; '.join(chosen)}")
+        print(
+            f"\nCID, lattice and fraction chosen together by {folds}-fold CV among {[n for n, _ in cid]}: "
+            f"**{cv.accuracy:.3f} ± {cv.se:.3f}**; chosen per fold: {'; '.join(chosen)}"
+        )
 
 
 def main() -> None:

@@ -25,9 +25,18 @@ from onnx_infodiscard.perturb import SolverSettings
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="an .onnx with a card and images/ beside it (default: the shipped digits CNN)")
-    parser.add_argument("--images", type=int, default=6, help="first N images of the model's images/ folder (default 6)")
-    parser.add_argument("--reference", default='{"steps": 400, "samples": 16}', help="SolverSettings JSON of the reference")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help="an .onnx with a card and images/ beside it (default: the shipped digits CNN)",
+    )
+    parser.add_argument(
+        "--images", type=int, default=6, help="first N images of the model's images/ folder (default 6)"
+    )
+    parser.add_argument(
+        "--reference", default='{"steps": 400, "samples": 16}', help="SolverSettings JSON of the reference"
+    )
     parser.add_argument("--config", action="append", default=[], help="NAME=SolverSettings JSON; repeatable")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -50,9 +59,11 @@ def main() -> None:
             continue
         corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(maps, reference[0])]
         delta = np.abs(cids - reference[1])
-        print(f"{name:24s} {seconds:7.1f} s  |ΔCID| mean {delta.mean():.4f} max {delta.max():.4f}  "
-              f"map corr mean {np.mean(corr):.3f} min {np.min(corr):.3f}  converged {converged:.2f}  {overrides}",
-              flush=True)
+        print(
+            f"{name:24s} {seconds:7.1f} s  |ΔCID| mean {delta.mean():.4f} max {delta.max():.4f}  "
+            f"map corr mean {np.mean(corr):.3f} min {np.min(corr):.3f}  converged {converged:.2f}  {overrides}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

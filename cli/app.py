@@ -27,15 +27,24 @@ def _version(value: bool) -> None:
 @app.callback(invoke_without_command=True)
 def main(
     ctx: typer.Context,
-    debug: Annotated[bool, typer.Option(
-        "--debug", help="Tracebacks, dependency warnings and a line per stage.")] = False,
-    quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="No progress or notes on stderr; errors still print.")] = False,
-    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
-                                          help="Print the version and exit.")] = False,
-    threads: Annotated[Optional[int], typer.Option(
-        "--threads", min=1, help="torch CPU threads (default: the cores this process may use, affinity and "
-                                 "cgroup quota; more oversubscribes).")] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Tracebacks, dependency warnings and a line per stage.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr; errors still print.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_version, help="Print the version and exit.")
+    ] = False,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            "--threads",
+            min=1,
+            help="torch CPU threads (default: the cores this process may use, affinity and "
+            "cgroup quota; more oversubscribes).",
+        ),
+    ] = None,
 ) -> None:
     """Measure how much of an input image's information each layer of an ONNX model discards.
 

@@ -48,9 +48,17 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def stage_progress(hidden: bool) -> Iterator[Callable[[str, int, int], None]]:
     """A `progress(stage, advance, total)` callback drawing one bar per stage on a terminal (none with
     --json or --quiet); with --debug, also a line when each stage starts."""
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(),
-                    console=stderr, disable=hidden or flags.quiet or not stderr.is_terminal, transient=True)
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=hidden or flags.quiet or not stderr.is_terminal,
+        transient=True,
+    )
     tasks: dict[str, int] = {}
 
     def progress(stage: str, advance: int, total: int) -> None:
@@ -67,8 +75,10 @@ def stage_progress(hidden: bool) -> Iterator[Callable[[str, int, int], None]]:
 def estimate(rows: int, seconds: float, peak: int, budget: int, fits: bool) -> None:
     """Before a long run: how long and how much memory it will take, and the way to trade resolution for time."""
     minutes = seconds / 60
-    text = (f"estimate: {rows} rows, about {minutes:.0f} min, peak memory about {peak / 2**30:.1f} GiB of a "
-            f"{budget / 2**30:.1f} GiB budget")
+    text = (
+        f"estimate: {rows} rows, about {minutes:.0f} min, peak memory about {peak / 2**30:.1f} GiB of a "
+        f"{budget / 2**30:.1f} GiB budget"
+    )
     if not fits:
         text += "; even one sample per batch exceeds the budget (raise --max-memory or use a smaller input)"
     if minutes > 10:

@@ -41,61 +41,127 @@ MemoryFormat = _choices("MemoryFormat", MEMORY_FORMATS)
 Preset = _choices("Preset", PRESETS)
 
 Model = Annotated[Path, typer.Argument(help="Path of the .onnx model.", show_default=False)]
-Layers = Annotated[Optional[list[str]], typer.Option(
-    "--layer", "-l",
-    help="Layer name, index, glob or 'auto'; repeatable (default: the card's suggested layers, else auto).")]
-InputShape = Annotated[Optional[str], typer.Option(
-    "--input-shape", callback=validate.shape, help="Image input dims in the model's order, e.g. 1,3,224,224.")]
+Layers = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--layer",
+        "-l",
+        help="Layer name, index, glob or 'auto'; repeatable (default: the card's suggested layers, else auto).",
+    ),
+]
+InputShape = Annotated[
+    Optional[str],
+    typer.Option(
+        "--input-shape", callback=validate.shape, help="Image input dims in the model's order, e.g. 1,3,224,224."
+    ),
+]
 InputName = Annotated[Optional[str], typer.Option("--input", help="Name of the image input (graphs with several).")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]
 
-Tau = Annotated[float, typer.Option(
-    callback=validate.number(f"a finite distortion budget > 0 (default {SOLVER.tau})", 0, low_open=True),
-    help="Distortion budget D/(N·Var f), the same for every layer and model.")]
-Steps = Annotated[int, typer.Option(
-    callback=validate.number(f"1 to {MAX_STEPS} optimisation steps (default {SOLVER.steps})", 1, MAX_STEPS),
-    help="Adam steps on log σ.")]
-Samples = Annotated[int, typer.Option(
-    callback=validate.number(f"1 to {MAX_SAMPLES} noise samples (default {SOLVER.samples})", 1, MAX_SAMPLES),
-    help="Noise samples per image and layer per step.")]
-Grid = Annotated[Optional[int], typer.Option(
-    callback=validate.number(f"a grid size from 1 to {MAX_GRID}, e.g. 16", 1, MAX_GRID),
-    help="σ on a GRID×GRID lattice (default: one σ per pixel).")]
-SigmaMax = Annotated[float, typer.Option(
-    "--sigma-max", callback=validate.number(f"a finite σ > 0 (default {SOLVER.sigma_max}, the full pixel range)", 0,
-                                            low_open=True),
-    help="Largest σ, canonical units (1 = full pixel range).")]
-Seed = Annotated[int, typer.Option(
-    callback=validate.number(f"a seed from 0 to {MAX_SEED}", 0, MAX_SEED),
-    help="Seed of the noise; same seed, same numbers.")]
+Tau = Annotated[
+    float,
+    typer.Option(
+        callback=validate.number(f"a finite distortion budget > 0 (default {SOLVER.tau})", 0, low_open=True),
+        help="Distortion budget D/(N·Var f), the same for every layer and model.",
+    ),
+]
+Steps = Annotated[
+    int,
+    typer.Option(
+        callback=validate.number(f"1 to {MAX_STEPS} optimisation steps (default {SOLVER.steps})", 1, MAX_STEPS),
+        help="Adam steps on log σ.",
+    ),
+]
+Samples = Annotated[
+    int,
+    typer.Option(
+        callback=validate.number(f"1 to {MAX_SAMPLES} noise samples (default {SOLVER.samples})", 1, MAX_SAMPLES),
+        help="Noise samples per image and layer per step.",
+    ),
+]
+Grid = Annotated[
+    Optional[int],
+    typer.Option(
+        callback=validate.number(f"a grid size from 1 to {MAX_GRID}, e.g. 16", 1, MAX_GRID),
+        help="σ on a GRID×GRID lattice (default: one σ per pixel).",
+    ),
+]
+SigmaMax = Annotated[
+    float,
+    typer.Option(
+        "--sigma-max",
+        callback=validate.number(
+            f"a finite σ > 0 (default {SOLVER.sigma_max}, the full pixel range)", 0, low_open=True
+        ),
+        help="Largest σ, canonical units (1 = full pixel range).",
+    ),
+]
+Seed = Annotated[
+    int,
+    typer.Option(
+        callback=validate.number(f"a seed from 0 to {MAX_SEED}", 0, MAX_SEED),
+        help="Seed of the noise; same seed, same numbers.",
+    ),
+]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs (auto: cuda when torch sees one).")]
-PrecisionOpt = Annotated[Precision, typer.Option(
-    "--precision", help="Autocast of the optimisation steps (D/τ is always measured in fp32).")]
-MemoryFormatOpt = Annotated[MemoryFormat, typer.Option(
-    "--memory-format", help="Layout of 4-D activations (auto: channels_last on CUDA). Same answers, other speed.")]
+PrecisionOpt = Annotated[
+    Precision, typer.Option("--precision", help="Autocast of the optimisation steps (D/τ is always measured in fp32).")
+]
+MemoryFormatOpt = Annotated[
+    MemoryFormat,
+    typer.Option(
+        "--memory-format", help="Layout of 4-D activations (auto: channels_last on CUDA). Same answers, other speed."
+    ),
+]
 
-Fg = Annotated[Optional[str], typer.Option(
-    "--fg", callback=validate.box, help="Foreground box x0,y0,x1,y1 in image pixels, or 'center'.")]
+Fg = Annotated[
+    Optional[str],
+    typer.Option("--fg", callback=validate.box, help="Foreground box x0,y0,x1,y1 in image pixels, or 'center'."),
+]
 FgMask = Annotated[Optional[Path], typer.Option("--fg-mask", help="Foreground mask image (non-zero = object).")]
 FgBoxes = Annotated[Optional[Path], typer.Option("--fg-boxes", help="CSV with columns file,x0,y0,x1,y1.")]
-FailIf = Annotated[Optional[list[str]], typer.Option(
-    "--fail-if", help="Audit rule METRIC\\[LAYER] OP NUMBER, e.g. 'cid\\[-1] > 1.2' (metric: cid, delta_cid, "
-                      "concentration, ru; layer: name or index among the chosen layers); exit 1 if any holds. "
-                      "Repeatable.")]
+FailIf = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--fail-if",
+        help="Audit rule METRIC\\[LAYER] OP NUMBER, e.g. 'cid\\[-1] > 1.2' (metric: cid, delta_cid, "
+        "concentration, ru; layer: name or index among the chosen layers); exit 1 if any holds. "
+        "Repeatable.",
+    ),
+]
 
 
-NoCache = Annotated[bool, typer.Option(
-    "--no-cache", help="Neither read nor write the row cache (~/.cache/onnx-infodiscard/rows, or $INFODISCARD_CACHE).")]
-Ray = Annotated[Optional[str], typer.Option(
-    "--ray", help="Solve the rows on Ray: 'auto' (a running cluster, else a local one) or a cluster address "
-                  "(pip install 'onnx-infodiscard\\[ray]').")]
-MaxMemory = Annotated[Optional[str], typer.Option(
-    "--max-memory", callback=validate.memory,
-    help="Memory budget of the solve, e.g. 4GB (default: half of what the process may use, CPU or GPU).")]
-NewSubfolder = Annotated[bool, typer.Option(
-    "--new-subfolder", help="When --out holds files this tool did not write, ask for a new subfolder inside it "
-                            "instead of refusing.")]
+NoCache = Annotated[
+    bool,
+    typer.Option(
+        "--no-cache",
+        help="Neither read nor write the row cache (~/.cache/onnx-infodiscard/rows, or $INFODISCARD_CACHE).",
+    ),
+]
+Ray = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray",
+        help="Solve the rows on Ray: 'auto' (a running cluster, else a local one) or a cluster address "
+        "(pip install 'onnx-infodiscard\\[ray]').",
+    ),
+]
+MaxMemory = Annotated[
+    Optional[str],
+    typer.Option(
+        "--max-memory",
+        callback=validate.memory,
+        help="Memory budget of the solve, e.g. 4GB (default: half of what the process may use, CPU or GPU).",
+    ),
+]
+NewSubfolder = Annotated[
+    bool,
+    typer.Option(
+        "--new-subfolder",
+        help="When --out holds files this tool did not write, ask for a new subfolder inside it instead of refusing.",
+    ),
+]
 
 
 def row_cache(no_cache: bool):

@@ -1,17 +1,17 @@
 """onnx-infodiscard: how much of an image's information each layer of an ONNX model discards."""
 
 from .analysis import analyze
-from .foreground import Foreground
-from .results import LayerResult, Report
 from .check import PreparedModel, open_model, prepare
-from .session import Session, open_session
 from .errors import ConversionError, InfodiscardError, InputError
+from .foreground import Foreground
 from .layers import Layer, list_layers, select_layers
 from .load import LoadedModel, load_model
 from .localize import Localization, localize
 from .output.analysis import write_report
 from .output.localization import write_localization
 from .perturb import SolverSettings
+from .results import LayerResult, Report
+from .session import Session, open_session
 
 __version__ = "0.1.0"
 

@@ -44,8 +44,12 @@ class Accuracy:
         return int(self.correct.sum())
 
     def to_json(self) -> dict:
-        return {"model": self.model, "n_images": len(self.images), "n_correct": self.n_correct,
-                "accuracy": self.accuracy}
+        return {
+            "model": self.model,
+            "n_images": len(self.images),
+            "n_correct": self.n_correct,
+            "accuracy": self.accuracy,
+        }
 
 
 def read_labels(path: str | Path) -> dict[str, str]:
@@ -62,8 +66,9 @@ def read_labels(path: str | Path) -> dict[str, str]:
     columns = {c.strip() for c in (rows[0].keys() if rows else []) if c}
     missing = [c for c in ("file", "label") if c not in columns]
     if missing:
-        raise InputError(f"{path}: the labels CSV lacks columns {missing}; its header needs file,label",
-                         option="labels")
+        raise InputError(
+            f"{path}: the labels CSV lacks columns {missing}; its header needs file,label", option="labels"
+        )
     labels = {}
     for row in rows:
         row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
@@ -77,8 +82,10 @@ def resolve_labels(raw: Mapping[str, str], classes: Sequence[str] | None, images
     missing = [name for name in images if name not in raw]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise InputError(f"no label for {len(missing)} of {len(images)} images ({shown}); "
-                         "add a file,label row for each", option="labels")
+        raise InputError(
+            f"no label for {len(missing)} of {len(images)} images ({shown}); add a file,label row for each",
+            option="labels",
+        )
     names = [str(c) for c in classes] if classes else []
     out = []
     for name in images:
@@ -89,8 +96,9 @@ def resolve_labels(raw: Mapping[str, str], classes: Sequence[str] | None, images
             out.append(int(text))
         else:
             hint = close_matches(text, names) if names else "; give a class index (the card has no classes)"
-            raise InputError(f"label {text!r} of {name} is neither a class index nor a class name{hint}",
-                             option="labels")
+            raise InputError(
+                f"label {text!r} of {name} is neither a class index nor a class name{hint}", option="labels"
+            )
     return out
 
 
@@ -136,7 +144,7 @@ def accuracy(
     prep = Preprocess(preprocessing, c)
     predicted: list[int] = []
     for start in range(0, len(canonical), step):
-        batch = torch.from_numpy(np.stack([im.pixels for im in canonical[start:start + step]]))
+        batch = torch.from_numpy(np.stack([im.pixels for im in canonical[start : start + step]]))
         with torch.no_grad():
             x = prep(batch).numpy().astype(np.float32)
         logits = np.asarray(session.run(None, {feeds[0].name: x})[0])

@@ -56,9 +56,16 @@ def analyze(
     start = time.perf_counter()
     settings.validate()
     if not isinstance(model, Session):
-        model = open_session(model, images, layers, preprocessing=preprocessing,
-                             preprocessing_overrides=preprocessing_overrides, input_name=input_name,
-                             input_shape=input_shape, device=device)
+        model = open_session(
+            model,
+            images,
+            layers,
+            preprocessing=preprocessing,
+            preprocessing_overrides=preprocessing_overrides,
+            input_name=input_name,
+            input_shape=input_shape,
+            device=device,
+        )
         layers = None
     session = model
     chosen = [session.layer(name) for name in layers] if layers else list(session.layers)
@@ -67,22 +74,45 @@ def analyze(
     masks = foreground.masks(session.images) if foreground else [None] * len(session.images)
     rows = [Row(layer.name, i) for layer in chosen for i in range(len(session.images))]
     solved, from_cache = solve_all(session, rows, settings, cache=cache, ray=ray, progress=progress)
-    ru_results = (_reconstruction_uncertainty(session, rows, settings, train_images, decoder_config, retrain,
-                                              progress or (lambda stage, advance, total: None))
-                  if ru else {row: None for row in rows})
+    ru_results = (
+        _reconstruction_uncertainty(
+            session,
+            rows,
+            settings,
+            train_images,
+            decoder_config,
+            retrain,
+            progress or (lambda stage, advance, total: None),
+        )
+        if ru
+        else {row: None for row in rows}
+    )
     results = [_layer_result(session, row, solved[row], ru_results[row], masks[row.image], settings) for row in rows]
-    summaries = tuple(ImageSummary(image.name, metrics.input_cid(image.pixels, settings.tau), mask is not None)
-                      for image, mask in zip(session.images, masks))
+    summaries = tuple(
+        ImageSummary(image.name, metrics.input_cid(image.pixels, settings.tau), mask is not None)
+        for image, mask in zip(session.images, masks)
+    )
     return Report(
-        tool_version=_version(), model_path=str(session.loaded.path), model_sha256=session.loaded.sha256,
-        input_name=session.normalised.input_name, input_shape=tuple(session.normalised.input_shape),
-        preprocessing=session.preprocessing, settings=settings,
-        foreground=foreground.describe() if foreground else None, device=str(session.device),
-        layers=tuple(chosen), crosscheck=session.crosscheck, batch_safe=session.conversion.batch_safe,
+        tool_version=_version(),
+        model_path=str(session.loaded.path),
+        model_sha256=session.loaded.sha256,
+        input_name=session.normalised.input_name,
+        input_shape=tuple(session.normalised.input_shape),
+        preprocessing=session.preprocessing,
+        settings=settings,
+        foreground=foreground.describe() if foreground else None,
+        device=str(session.device),
+        layers=tuple(chosen),
+        crosscheck=session.crosscheck,
+        batch_safe=session.conversion.batch_safe,
         passes=tuple(f"{p.name}: {p.detail}" for p in session.normalised.passes),
-        images=summaries, results=tuple(results), canonical_images=tuple(i.pixels for i in session.images),
-        seconds=time.perf_counter() - start, notes=tuple(_notes(session, rows, solved, from_cache, cache)),
-        cached_rows=from_cache, peak_memory=peak_memory(session.device),
+        images=summaries,
+        results=tuple(results),
+        canonical_images=tuple(i.pixels for i in session.images),
+        seconds=time.perf_counter() - start,
+        notes=tuple(_notes(session, rows, solved, from_cache, cache)),
+        cached_rows=from_cache,
+        peak_memory=peak_memory(session.device),
     )
 
 
@@ -91,21 +121,35 @@ def _layer_result(session: Session, row: Row, solved: SolvedRow, ru: RUResult | 
     entropy = metrics.entropy_map(solved.log_sigma)
     value = metrics.cid(entropy)
     return LayerResult(
-        image=image.name, layer=layer.name, layer_index=layer.index, depth=layer.depth,
-        log_sigma=solved.log_sigma, entropy=entropy, sensitivity=metrics.sensitivity_map(solved.log_sigma),
-        cid=value, cid_total=metrics.cid_total(entropy, image.pixels.shape[0]),
+        image=image.name,
+        layer=layer.name,
+        layer_index=layer.index,
+        depth=layer.depth,
+        log_sigma=solved.log_sigma,
+        entropy=entropy,
+        sensitivity=metrics.sensitivity_map(solved.log_sigma),
+        cid=value,
+        cid_total=metrics.cid_total(entropy, image.pixels.shape[0]),
         delta_cid=value - metrics.input_cid(image.pixels, settings.tau),
         concentration=metrics.concentration(entropy, mask) if mask is not None else None,
         saturated_fraction=metrics.saturated_fraction(solved.log_sigma, settings.sigma_max),
-        converged=solved.converged, d_over_tau=solved.d_over_tau, d_over_tau_se=solved.standard_error,
-        eval_samples=solved.eval_samples, multiplier=solved.multiplier, steps=solved.steps,
-        seconds=solved.seconds, ru=ru, extra_steps=solved.extra_steps, reliability=solved.reliability,
+        converged=solved.converged,
+        d_over_tau=solved.d_over_tau,
+        d_over_tau_se=solved.standard_error,
+        eval_samples=solved.eval_samples,
+        multiplier=solved.multiplier,
+        steps=solved.steps,
+        seconds=solved.seconds,
+        ru=ru,
+        extra_steps=solved.extra_steps,
+        reliability=solved.reliability,
     )
 
 
-def _notes(session: Session, rows: Sequence[Row], solved: dict[Row, SolvedRow], from_cache: int,
-           cache: RowCache | None) -> list[str]:
-    notes = []
+def _notes(
+    session: Session, rows: Sequence[Row], solved: dict[Row, SolvedRow], from_cache: int, cache: RowCache | None
+) -> list[str]:
+    notes = list(session.notes)
     if from_cache:
         notes.append(f"{from_cache} of {len(rows)} rows from the row cache ({cache.root})")
     if any(solved[row].halvings for row in rows):
@@ -115,8 +159,10 @@ def _notes(session: Session, rows: Sequence[Row], solved: dict[Row, SolvedRow], 
         notes.append(f"{len(extra)} rows needed extra steps to meet the budget (up to {max(extra)})")
     unreliable = [row for row in rows if solved[row].reliability < RELIABILITY_FLAG]
     if unreliable:
-        notes.append(f"{len(unreliable)} maps have a split-half reliability below {RELIABILITY_FLAG}: their "
-                     "pixel structure is partly Monte Carlo noise (more samples or steps, or a coarser grid, help)")
+        notes.append(
+            f"{len(unreliable)} maps have a split-half reliability below {RELIABILITY_FLAG}: their "
+            "pixel structure is partly Monte Carlo noise (more samples or steps, or a coarser grid, help)"
+        )
     if cache and cache.warnings:
         notes.extend(cache.warnings)
     if not session.conversion.batch_safe:
@@ -136,32 +182,53 @@ def _card_foreground(session: Session, images: Sequence[str | Path] | None) -> F
     return None
 
 
-def _reconstruction_uncertainty(session: Session, rows: Sequence[Row], settings: SolverSettings, train_images,
-                                config: DecoderConfig, retrain: bool, progress: Progress) -> dict[Row, RUResult]:
+def _reconstruction_uncertainty(
+    session: Session,
+    rows: Sequence[Row],
+    settings: SolverSettings,
+    train_images,
+    config: DecoderConfig,
+    retrain: bool,
+    progress: Progress,
+) -> dict[Row, RUResult]:
     """Train (or load) one decoder per layer, then solve the RU objective under the same budget."""
     paths = train_images or card_images(session.loaded.path, session.card, "train_images")
     train = np.stack([image.pixels for image in load_images(find_images(paths), session.shape)])
     features = {name: session.pipeline(name) for name in dict.fromkeys(row.layer for row in rows)}
     decoders = {
-        name: trained_decoder(feature, name, train, session.loaded.sha256, config, retrain,
-                              lambda advance, total, name=name: progress(f"RU: decoder {name}", advance, total),
-                              session.device)
+        name: trained_decoder(
+            feature,
+            name,
+            train,
+            session.loaded.sha256,
+            config,
+            retrain,
+            lambda advance, total, name=name: progress(f"RU: decoder {name}", advance, total),
+            session.device,
+        )
         for name, feature in features.items()
     }
     total = len(rows) * settings.steps
-    solution = solve(distortion(session, rows, settings), settings, lambda advance: progress("RU σ (images×layers×steps)",
-                                                                    advance * len(rows), total),
-                     decoders={name: d.module for name, d in decoders.items()},
-                     reconstruction_samples=max(256, settings.eval_samples))
+    solution = solve(
+        distortion(session, rows, settings),
+        settings,
+        lambda advance: progress("RU σ (images×layers×steps)", advance * len(rows), total),
+        decoders={name: d.module for name, d in decoders.items()},
+        reconstruction_samples=max(256, settings.eval_samples),
+    )
     errors = solution.reconstruction_error
     results = {}
     for k, row in enumerate(rows):
         decoder = decoders[row.layer]
         entropy = 0.5 * np.log(2 * np.pi * np.e * (errors[k] + RECONSTRUCTION_FLOOR))  # (C, H, W)
         results[row] = RUResult(
-            mean=float(entropy.mean()), per_channel=tuple(float(v) for v in entropy.mean((1, 2))),
-            map=entropy.mean(0), converged=bool(solution.converged[k]), d_over_tau=float(solution.d_over_tau[k]),
-            decoder_mse=decoder.held_out_mse, decoder_psnr=decoder.held_out_psnr,
+            mean=float(entropy.mean()),
+            per_channel=tuple(float(v) for v in entropy.mean((1, 2))),
+            map=entropy.mean(0),
+            converged=bool(solution.converged[k]),
+            d_over_tau=float(solution.d_over_tau[k]),
+            decoder_mse=decoder.held_out_mse,
+            decoder_psnr=decoder.held_out_psnr,
         )
     return results
 

@@ -67,21 +67,36 @@ def _scores_with_probes(extractor: FeatureExtractor, probe_names: dict[str, str]
     return module
 
 
-def model_map(method: str, classifier: Classifier, images: torch.Tensor, targets: Sequence[int],
-              layer: str | None = None, chunk: int = 16) -> np.ndarray:
+def model_map(
+    method: str,
+    classifier: Classifier,
+    images: torch.Tensor,
+    targets: Sequence[int],
+    layer: str | None = None,
+    chunk: int = 16,
+) -> np.ndarray:
     """(N, H, W) maps of a Captum method for `images` (N, C, H, W) canonical, class `targets`."""
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
 
     maps = []
     for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].clone().requires_grad_(True)
-        target = torch.as_tensor(list(targets[start:start + chunk]), device=x.device)
+        x = images[start : start + chunk].clone().requires_grad_(True)
+        target = torch.as_tensor(list(targets[start : start + chunk]), device=x.device)
         if method == "gradient":  # Simonyan et al.: |∂score/∂x|, max over channels
             found = Saliency(classifier).attribute(x, target=target, abs=True).amax(1)
         elif method == "ig":  # Sundararajan et al., black baseline; |attribution| summed over channels
-            found = IntegratedGradients(classifier).attribute(
-                x, baselines=torch.zeros_like(x), target=target, n_steps=IG_STEPS, internal_batch_size=chunk * 4,
-            ).abs().sum(1)
+            found = (
+                IntegratedGradients(classifier)
+                .attribute(
+                    x,
+                    baselines=torch.zeros_like(x),
+                    target=target,
+                    n_steps=IG_STEPS,
+                    internal_batch_size=chunk * 4,
+                )
+                .abs()
+                .sum(1)
+            )
         elif method == "gradcam":  # Selvaraju et al. at the chosen layer, ReLU, upsampled bilinearly
             cam = LayerGradCam(classifier, classifier.probe(layer)).attribute(x, target=target, relu_attributions=True)
             if cam.dim() != 4:

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Union
 from .errors import AuditFailed, InputError, NotConverged, close_matches
 
 if TYPE_CHECKING:  # analysis may import this module; no import cycle at run time
-    from .results import Report
     from .check import PreparedModel
     from .layers import Layer
+    from .results import Report
 
 METRICS = ("cid", "delta_cid", "concentration", "ru")
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -85,8 +85,10 @@ def parse_rule(text: str) -> Rule:
     metric, layer, op, number = match.groups()
     metric, layer = metric.lower(), layer.strip()
     if metric not in METRICS:
-        raise InputError(f"{text!r}: unknown metric '{metric}'{close_matches(metric, METRICS)} "
-                         f"(one of {', '.join(METRICS)})", option=OPTION)
+        raise InputError(
+            f"{text!r}: unknown metric '{metric}'{close_matches(metric, METRICS)} (one of {', '.join(METRICS)})",
+            option=OPTION,
+        )
     if not layer:
         raise InputError(f"{text!r}: give a layer name or index inside the brackets, {_EXAMPLE}", option=OPTION)
     try:
@@ -103,7 +105,7 @@ def parse_rules(texts: Iterable[str] | None) -> list[Rule]:
     return [parse_rule(text) for text in texts or ()]
 
 
-def evaluate(rules: Sequence[Rule], source: Union["Report", Table]) -> list[RuleOutcome]:
+def evaluate(rules: Sequence[Rule], source: Union[Report, Table]) -> list[RuleOutcome]:
     """Each rule on a `Report`, or on a per-layer table (one model, or several told apart by `model`).
 
     On several models, a rule with a layer index applies to every model; a rule with a layer name
@@ -119,8 +121,9 @@ def evaluate(rules: Sequence[Rule], source: Union["Report", Table]) -> list[Rule
                 found.append(_outcome(rule, row, model))
         if not found:
             names = sorted({str(r["layer"]) for rows in tables.values() for r in rows})
-            raise InputError(f"{rule.text!r}: unknown layer '{rule.layer}'{close_matches(rule.layer, names)}",
-                             option=OPTION)
+            raise InputError(
+                f"{rule.text!r}: unknown layer '{rule.layer}'{close_matches(rule.layer, names)}", option=OPTION
+            )
         _check_measured(rule, found, tables)
         outcomes.extend(found)
     return outcomes
@@ -138,7 +141,7 @@ def raise_on_failure(outcomes: Sequence[RuleOutcome]) -> None:
         raise AuditFailed(f"audit failed: {len(failed)} of {len(outcomes)} rule(s) held: {listed}")
 
 
-def audited(report: "Report", rules: Sequence[Rule]) -> "Report":
+def audited(report: Report, rules: Sequence[Rule]) -> Report:
     """The report with each rule's outcome in `report.audit` (what `compare` does for every model)."""
     return replace(report, audit=tuple(evaluate(rules, report))) if rules else report
 
@@ -149,16 +152,18 @@ def raise_verdict(outcomes: Sequence[RuleOutcome], unconverged: Sequence[str], w
     raise_on_failure(outcomes)
     if unconverged:
         shown = ", ".join(unconverged[:5]) + (", ..." if len(unconverged) > 5 else "")
-        raise NotConverged(f"{len(unconverged)} image/layer results did not converge: {shown}; "
-                           f"they are marked in the {where}; try more optimisation steps")
+        raise NotConverged(
+            f"{len(unconverged)} image/layer results did not converge: {shown}; "
+            f"they are marked in the {where}; try more optimisation steps"
+        )
 
 
-def unconverged_results(report: "Report", prefix: str = "") -> list[str]:
+def unconverged_results(report: Report, prefix: str = "") -> list[str]:
     """`[prefix:]image:layer (D/τ=…)` of every result that missed its budget, in report order."""
     return [f"{prefix}{r.image}:{r.layer} (D/τ={r.d_over_tau:.3f})" for r in report.results if not r.converged]
 
 
-def layer_json(layer: "Layer") -> dict:
+def layer_json(layer: Layer) -> dict:
     """One layer as `layers --json` and `check --json` print it (`node_name` as in report.json)."""
     return {
         "index": layer.index,
@@ -170,7 +175,7 @@ def layer_json(layer: "Layer") -> dict:
     }
 
 
-def check_json(prepared: "PreparedModel", tool_version: str) -> dict:
+def check_json(prepared: PreparedModel, tool_version: str) -> dict:
     """The record `check --json` prints: what was converted, how, and how well it agrees with onnxruntime."""
     normalised, crosscheck = prepared.normalised, prepared.crosscheck
     return {
@@ -185,10 +190,17 @@ def check_json(prepared: "PreparedModel", tool_version: str) -> dict:
         "provider_note": crosscheck.note,
         "tolerance": crosscheck.tolerance,
         "layers": [
-            {**layer_json(chosen), "max_abs_error": agreement.max_abs_error, "rel_l2_error": agreement.rel_l2_error,
-             "passed": agreement.passed}
+            {
+                **layer_json(chosen),
+                "max_abs_error": agreement.max_abs_error,
+                "rel_l2_error": agreement.rel_l2_error,
+                "tolerance": agreement.tolerance,
+                "criterion": agreement.criterion,
+                "passed": agreement.passed,
+            }
             for chosen, agreement in zip(prepared.layers, crosscheck.layers)
         ],
+        "notes": list(prepared.notes),
         "seconds": round(prepared.seconds, 3),
         "passed": crosscheck.passed,
     }
@@ -208,7 +220,7 @@ def _tables(source) -> dict[str | None, list[Mapping]]:
     tables: dict[str | None, list[Mapping]] = {}
     for row in rows:
         tables.setdefault(row.get("model"), []).append(row)
-    for model, group in tables.items():
+    for group in tables.values():
         if all(row.get("index") is not None for row in group):
             group.sort(key=lambda row: row["index"])
     return tables
@@ -228,12 +240,16 @@ def _find_layer(rule: Rule, rows: list[Mapping], raise_unknown: bool) -> Mapping
         if not -len(rows) <= index < len(rows):
             raise InputError(
                 f"{rule.text!r}: layer index {index} is out of range; "
-                f"{len(rows)} layer(s) were chosen (0..{len(rows) - 1}, or -1 for the deepest)", option=OPTION
+                f"{len(rows)} layer(s) were chosen (0..{len(rows) - 1}, or -1 for the deepest)",
+                option=OPTION,
             )
         return rows[index]
     if raise_unknown:
-        raise InputError(f"{rule.text!r}: unknown layer '{rule.layer}'{close_matches(rule.layer, by_name)}; "
-                         "use a chosen layer's name or its index among the chosen layers", option=OPTION)
+        raise InputError(
+            f"{rule.text!r}: unknown layer '{rule.layer}'{close_matches(rule.layer, by_name)}; "
+            "use a chosen layer's name or its index among the chosen layers",
+            option=OPTION,
+        )
     return None
 
 
@@ -241,11 +257,22 @@ def _outcome(rule: Rule, row: Mapping, model: str | None) -> RuleOutcome:
     value = row.get(rule.metric)
     value = float(value) if value is not None and math.isfinite(float(value)) else None
     if value is None:
-        return RuleOutcome(rule.text, rule.metric, str(row["layer"]), rule.op, rule.threshold, None, 0, True, model,
-                           "no converged result to judge")
+        return RuleOutcome(
+            rule.text,
+            rule.metric,
+            str(row["layer"]),
+            rule.op,
+            rule.threshold,
+            None,
+            0,
+            True,
+            model,
+            "no converged result to judge",
+        )
     n_images = int(row.get(f"n_{rule.metric}", row.get("n_images", 0)) or 0)
-    return RuleOutcome(rule.text, rule.metric, str(row["layer"]), rule.op, rule.threshold, value, n_images,
-                       rule.holds(value), model)
+    return RuleOutcome(
+        rule.text, rule.metric, str(row["layer"]), rule.op, rule.threshold, value, n_images, rule.holds(value), model
+    )
 
 
 def _check_measured(rule: Rule, found: list[RuleOutcome], tables: dict) -> None:

@@ -113,8 +113,10 @@ class ModelCard:
         target = Path(os.path.normpath(folder / value))
         root = confinement_root(folder)
         if not Path(os.path.realpath(target)).is_relative_to(root):
-            raise InputError(f"card field '{key}' is {value!r}, which leaves the model's folder {root}; keep it "
-                             f"inside that folder or give the files explicitly")
+            raise InputError(
+                f"card field '{key}' is {value!r}, which leaves the model's folder {root}; keep it "
+                f"inside that folder or give the files explicitly"
+            )
         return target
 
     def is_empty(self) -> bool:
@@ -161,14 +163,16 @@ class ModelCard:
         initializers = {init.name for init in model.graph.initializer}
         inputs = [i.name for i in model.graph.input if i.name not in initializers]
         if self.input is not None and self.input not in inputs:
-            raise InputError(f"card input '{self.input}' is not an input of the graph"
-                             f"{close_matches(self.input, inputs)}")
+            raise InputError(
+                f"card input '{self.input}' is not an input of the graph{close_matches(self.input, inputs)}"
+            )
         outputs = {name for node in model.graph.node for name in node.output if name}
         for name in self.suggested_layers or ():
             pattern = name == "auto" or name.lstrip("-").isdigit() or any(c in name for c in "*?[")
             if not pattern and name not in outputs:
-                raise InputError(f"card suggested layer '{name}' is not a tensor of the graph"
-                                 f"{close_matches(name, outputs)}")
+                raise InputError(
+                    f"card suggested layer '{name}' is not a tensor of the graph{close_matches(name, outputs)}"
+                )
 
     def embedded_in(self, model: onnx.ModelProto) -> onnx.ModelProto:
         """A copy of `model` whose metadata entry holds this card (other entries kept)."""
@@ -269,8 +273,9 @@ def parse_assignment(text: str) -> tuple[str, object]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise InputError(f"{text!r}: write KEY=VALUE, e.g. layout=nhwc, scale=255 or suggested_layers=a,b",
-                         option="set")
+        raise InputError(
+            f"{text!r}: write KEY=VALUE, e.g. layout=nhwc, scale=255 or suggested_layers=a,b", option="set"
+        )
     if key in PREPROCESSING_FIELDS:
         key = f"preprocessing.{key}"
     try:
@@ -379,8 +384,9 @@ def write_card(model: str | Path, card: dict | ModelCard, out: str | Path) -> Pa
     if out.is_dir():
         raise InputError(f"{out} is a folder; give the path of the .onnx copy to write", option="out")
     if not out.parent.is_dir():
-        raise InputError(f"{out}: the folder {out.parent} does not exist; create it or choose another path",
-                         option="out")
+        raise InputError(
+            f"{out}: the folder {out.parent} does not exist; create it or choose another path", option="out"
+        )
     proto = checked.embedded_in(loaded.proto)
     try:
         handle, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.tmp-")
@@ -389,8 +395,14 @@ def write_card(model: str | Path, card: dict | ModelCard, out: str | Path) -> Pa
         raise InputError(f"cannot write {out}: {out.parent} is not writable ({err.strerror or err})") from None
     try:
         if proto.ByteSize() > PROTOBUF_LIMIT:
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=out.name + ".data", size_threshold=1024)
+            onnx.save_model(
+                proto,
+                tmp,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=out.name + ".data",
+                size_threshold=1024,
+            )
         else:
             onnx.save_model(proto, tmp)
         os.chmod(tmp, 0o644)

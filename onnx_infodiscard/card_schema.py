@@ -17,8 +17,18 @@ LAYOUTS = ("nchw", "nhwc")
 #: Card fields naming files or folders relative to the card, confined to its folder.
 PATH_FIELDS = ("images", "train_images", "foreground_boxes")
 #: Free-text provenance fields: kept and shown, never interpreted.
-TEXT_FIELDS = ("exporter", "dataset", "preprocessing_note", "note", "description", "license", "source",
-               "name", "citation", "url")
+TEXT_FIELDS = (
+    "exporter",
+    "dataset",
+    "preprocessing_note",
+    "note",
+    "description",
+    "license",
+    "source",
+    "name",
+    "citation",
+    "url",
+)
 
 
 def shown(value: object) -> str:
@@ -68,8 +78,11 @@ def _preset(v: object) -> bool:
 
 _TEXT = Field("a string", lambda v: isinstance(v, str))
 _NAME = Field("a non-empty string", lambda v: isinstance(v, str) and v.strip() != "")
-_NAMES = Field("a list of non-empty strings", lambda v: isinstance(v, list) and all(
-    isinstance(x, str) and x.strip() for x in v), tuple)
+_NAMES = Field(
+    "a list of non-empty strings",
+    lambda v: isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v),
+    tuple,
+)
 _PATH = Field("a relative path inside the model's folder", _relative)
 PREPROCESSING_SCHEMA: dict[str, Field] = {
     "preset": Field("one of the presets imagenet, tf, raw01, raw255", _preset),
@@ -91,7 +104,6 @@ SCHEMA: dict[str, Field] = {
 }
 
 
-
 def check_object(data: dict, schema: Mapping[str, Field], prefix: str, suffix: str) -> dict:
     """Each value of `data` checked by its field in `schema`; an unknown key names the closest."""
     unknown = [key for key in data if key not in schema]
@@ -101,7 +113,8 @@ def check_object(data: dict, schema: Mapping[str, Field], prefix: str, suffix: s
         if not prefix:  # `scale` at the top level means preprocessing.scale
             names.update({k: f"preprocessing.{k}" for k in PREPROCESSING_SCHEMA if k not in schema})
         close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.5) or difflib.get_close_matches(
-            key, list(names), n=3, cutoff=0.0)
+            key, list(names), n=3, cutoff=0.0
+        )
         hint = "; did you mean " + ", ".join(repr(names[k]) for k in close) + "?" if close else ""
         raise InputError(f"card field '{prefix}{key}' is not a known field{hint}{suffix}")
     return {key: schema[key](prefix + key, value, suffix) for key, value in data.items()}

@@ -12,7 +12,7 @@ import torch
 
 from .convert import Conversion, convert
 from .crosscheck import DEFAULT_RTOL, CrossCheck, cross_check
-from .layers import Layer, check_differentiable, constant_tensors, list_layers, select_layers
+from .layers import Layer, Selection, check_differentiable, constant_tensors, list_layers, selection
 from .load import LoadedModel, load_model
 from .passes import NormalisedModel, normalise
 
@@ -27,6 +27,7 @@ class PreparedModel:
     conversion: Conversion
     crosscheck: CrossCheck
     seconds: float
+    notes: tuple[str, ...] = ()  # e.g. why `auto` kept fewer layers than it asks for
 
     @property
     def module(self):
@@ -54,21 +55,24 @@ def prepare(
     loaded = path if isinstance(path, LoadedModel) else load_model(path)
     normalised = normalise(loaded.proto, input_name, input_shape)
     chosen = choose_layers(normalised, layers)
+    notes, chosen = chosen.notes, list(chosen.layers)
     if probe is None:
         probe = np.random.default_rng(0).random(normalised.input_shape, dtype=np.float32)
     conversion, result = convert_and_check(normalised, chosen, probe, tolerance, prefer_cuda)
-    return PreparedModel(loaded, normalised, tuple(chosen), conversion, result, time.perf_counter() - start)
+    return PreparedModel(loaded, normalised, tuple(chosen), conversion, result, time.perf_counter() - start, notes)
 
 
-def choose_layers(normalised: NormalisedModel, specs: Sequence[str]) -> list[Layer]:
-    """Names, indices, globs or `auto` to layers the image reaches differentiably."""
-    chosen = select_layers(list_layers(normalised), specs, constant_tensors(normalised))
-    check_differentiable(normalised, chosen)
+def choose_layers(normalised: NormalisedModel, specs: Sequence[str]) -> Selection:
+    """Names, indices, globs or `auto` to layers the image reaches differentiably, with notes on
+    what `auto` could not give."""
+    chosen = selection(list_layers(normalised), specs, constant_tensors(normalised))
+    check_differentiable(normalised, list(chosen.layers))
     return chosen
 
 
-def convert_and_check(normalised: NormalisedModel, layers: Sequence[Layer], probe: np.ndarray, tolerance: float,
-                      prefer_cuda: bool) -> tuple[Conversion, CrossCheck]:
+def convert_and_check(
+    normalised: NormalisedModel, layers: Sequence[Layer], probe: np.ndarray, tolerance: float, prefer_cuda: bool
+) -> tuple[Conversion, CrossCheck]:
     """onnx2torch at `layers`, then every layer against onnxruntime on `probe`.
 
     Raises ConversionError when any layer disagrees beyond `tolerance`.

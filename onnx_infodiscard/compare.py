@@ -16,15 +16,15 @@ from pathlib import Path
 
 from .accuracy import accuracy, read_labels
 from .analysis import analyze
-from .images import find_images
-from .foreground import Foreground
-from .results import Report
-from .rowcache import RowCache
 from .audit import Rule, RuleOutcome, evaluate
 from .errors import InputError
+from .foreground import Foreground
+from .images import find_images
 from .output import SCHEMA_VERSION, check_output_folder  # noqa: F401  (check_output_folder: re-exported)
 from .output.comparison import COLUMNS, FILES, plot, plot_png, write_comparison  # noqa: F401  (re-exported)
 from .perturb import SolverSettings
+from .results import Report
+from .rowcache import RowCache
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,10 @@ class Comparison:
             for name, rows in by_model.items():
                 if rows:
                     near = min(rows, key=lambda r: (abs(r.depth - anchor.depth), r.depth))
-                    entry["layers"][name] = {k: getattr(near, k) for k in ("layer", "depth", "cid", "delta_cid",
-                                                                           "concentration", "converged")}
+                    entry["layers"][name] = {
+                        k: getattr(near, k)
+                        for k in ("layer", "depth", "cid", "delta_cid", "concentration", "converged")
+                    }
             aligned.append(entry)
         return aligned
 
@@ -138,13 +140,27 @@ def compare(
         images = _shared_card_images(paths)
     raw_labels = read_labels(labels) if labels is not None else None
     found = find_images(list(images))
-    accuracies = {name: accuracy(path, found, raw_labels).accuracy for name, path in zip(names, paths)} \
-        if raw_labels is not None else {}  # before the long part, so missing labels fail at once
+    accuracies = (
+        {name: accuracy(path, found, raw_labels).accuracy for name, path in zip(names, paths)}
+        if raw_labels is not None
+        else {}
+    )  # before the long part, so missing labels fail at once
     reports = []
     for name, path in zip(names, paths):
         advance = (lambda stage, a, t, name=name: progress(f"{name}: {stage}", a, t)) if progress else None
-        reports.append(analyze(path, list(images), list(layers) if layers else None, settings=settings,
-                               foreground=foreground, device=device, cache=cache, ray=ray, progress=advance))
+        reports.append(
+            analyze(
+                path,
+                list(images),
+                list(layers) if layers else None,
+                settings=settings,
+                foreground=foreground,
+                device=device,
+                cache=cache,
+                ray=ray,
+                progress=advance,
+            )
+        )
     rows = tuple(row for name, report in zip(names, reports) for row in _rows(name, report))
     comparison = Comparison(tuple(names), tuple(reports), rows, accuracy=accuracies)
     outcomes = tuple(evaluate(rules, audit_table(comparison))) if rules else ()
@@ -174,8 +190,10 @@ def _shared_card_images(paths: Sequence[Path]) -> list[Path]:
             raise InputError(f"no --images given and the card of {path.name} names none; give --images DIR")
         folders.add(card.image_folder(path, "images").resolve())
     if len(folders) > 1:
-        raise InputError("no --images given and the models' cards name different image folders; "
-                         "give --images DIR so that every model sees the same images")
+        raise InputError(
+            "no --images given and the models' cards name different image folders; "
+            "give --images DIR so that every model sees the same images"
+        )
     return [folders.pop()]
 
 
@@ -183,18 +201,34 @@ def _rows(name: str, report: Report) -> list[ComparedLayer]:
     rows = []
     for mean in report.layer_means():
         total = sum(1 for r in report.results if r.layer == mean["layer"])
-        rows.append(ComparedLayer(
-            model=name, layer=mean["layer"], index=mean["index"], op_type=mean["op_type"], depth=mean["depth"],
-            cid=mean["cid"], delta_cid=mean["delta_cid"], concentration=mean["concentration"],
-            converged=mean["n_images"] == total, n_converged=mean["n_images"], n_images=total,
-        ))
+        rows.append(
+            ComparedLayer(
+                model=name,
+                layer=mean["layer"],
+                index=mean["index"],
+                op_type=mean["op_type"],
+                depth=mean["depth"],
+                cid=mean["cid"],
+                delta_cid=mean["delta_cid"],
+                concentration=mean["concentration"],
+                converged=mean["n_images"] == total,
+                n_converged=mean["n_images"],
+                n_images=total,
+            )
+        )
     return rows
 
 
 def _model_json(report: Report) -> dict:
     return {
-        "path": report.model_path, "sha256": report.model_sha256, "input": report.input_name,
-        "input_shape": list(report.input_shape), "preprocessing": report.preprocessing.to_json(),
-        "foreground": report.foreground, "crosscheck_passed": report.crosscheck.passed,
-        "converged": report.converged, "layers": len(report.layers), "images": len(report.images),
+        "path": report.model_path,
+        "sha256": report.model_sha256,
+        "input": report.input_name,
+        "input_shape": list(report.input_shape),
+        "preprocessing": report.preprocessing.to_json(),
+        "foreground": report.foreground,
+        "crosscheck_passed": report.crosscheck.passed,
+        "converged": report.converged,
+        "layers": len(report.layers),
+        "images": len(report.images),
     }

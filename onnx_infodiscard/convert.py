@@ -119,7 +119,9 @@ def convert(model: NormalisedModel, layers: Sequence[Layer]) -> Conversion:
 
         graph_module = onnx2torch.convert(truncated)
     except Exception as err:  # onnx2torch raises bare NotImplementedError/KeyError/RuntimeError
-        raise ConversionError(f"onnx2torch could not convert the graph: {type(err).__name__}: {_first_line(err)}") from None
+        raise ConversionError(
+            f"onnx2torch could not convert the graph: {type(err).__name__}: {_first_line(err)}"
+        ) from None
     names = [layer.name for layer in layers]
     module = FeatureExtractor(graph_module, names)
     probe = _probe_inputs(model)

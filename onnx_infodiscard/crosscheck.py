@@ -57,10 +57,18 @@ class LayerAgreement:
     reference_scale: float = float("nan")  # max |onnxruntime feature|
 
     def to_json(self) -> dict:
-        return {"layer": self.layer, "node_name": self.node_name, "tolerance": self.tolerance,
-                "abs_tolerance": self.abs_tolerance, "rel_l2": self.rel_l2_error, "max_abs": self.max_abs_error,
-                "sensitivity": self.sensitivity, "reference_scale": self.reference_scale,
-                "criterion": self.criterion, "passed": self.passed}
+        return {
+            "layer": self.layer,
+            "node_name": self.node_name,
+            "tolerance": self.tolerance,
+            "abs_tolerance": self.abs_tolerance,
+            "rel_l2": self.rel_l2_error,
+            "max_abs": self.max_abs_error,
+            "sensitivity": self.sensitivity,
+            "reference_scale": self.reference_scale,
+            "criterion": self.criterion,
+            "passed": self.passed,
+        }
 
     def describe(self) -> str:
         """One line: what was measured against what, and by which criterion."""
@@ -69,8 +77,10 @@ class LayerAgreement:
         if self.criterion == "non_finite":
             return "non-finite values"
         if self.criterion == "absolute":
-            return (f"max abs error {self.max_abs_error:.2e} vs {self.abs_tolerance:.1e} (absolute: the reference is "
-                    f"near zero, max {self.reference_scale:.1e}; relative L2 {self.rel_l2_error:.2e} not used)")
+            return (
+                f"max abs error {self.max_abs_error:.2e} vs {self.abs_tolerance:.1e} (absolute: the reference is "
+                f"near zero, max {self.reference_scale:.1e}; relative L2 {self.rel_l2_error:.2e} not used)"
+            )
         return f"relative L2 error {self.rel_l2_error:.2e} vs {self.tolerance:.1e} (max abs {self.max_abs_error:.2e})"
 
 
@@ -92,10 +102,17 @@ class CrossCheck:
         return all(layer.passed for layer in self.layers)
 
     def to_json(self) -> dict:
-        return {"provider": self.provider, "note": self.note, "tolerance": self.tolerance,
-                "max_tolerance": MAX_RTOL, "safety": SAFETY, "scale_floor": SCALE_FLOOR,
-                "calibrated": self.calibrated, "passed": self.passed,
-                "layers": [layer.to_json() for layer in self.layers]}
+        return {
+            "provider": self.provider,
+            "note": self.note,
+            "tolerance": self.tolerance,
+            "max_tolerance": MAX_RTOL,
+            "safety": SAFETY,
+            "scale_floor": SCALE_FLOOR,
+            "calibrated": self.calibrated,
+            "passed": self.passed,
+            "layers": [layer.to_json() for layer in self.layers],
+        }
 
     def raise_on_failure(self) -> None:
         for layer in self.layers:
@@ -118,7 +135,8 @@ def ort_session(model: onnx.ModelProto, prefer_cuda: bool, level: str = "basic")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = {
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     }[level]
     providers = ["CPUExecutionProvider"]
@@ -142,8 +160,10 @@ def ort_session(model: onnx.ModelProto, prefer_cuda: bool, level: str = "basic")
 
 def _run(session, input_name: str, x: np.ndarray) -> dict[str, np.ndarray]:
     names = [output.name for output in session.get_outputs()]
-    return {name: np.asarray(value, dtype=np.float64)
-            for name, value in zip(names, session.run(names, {input_name: x.astype(np.float32)}))}
+    return {
+        name: np.asarray(value, dtype=np.float64)
+        for name, value in zip(names, session.run(names, {input_name: x.astype(np.float32)}))
+    }
 
 
 def ulp_perturbed(x: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -162,8 +182,9 @@ def _errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
     return max_abs, rel
 
 
-def sensitivity(truncated: onnx.ModelProto, input_name: str, model_input: np.ndarray,
-                reference: Mapping[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+def sensitivity(
+    truncated: onnx.ModelProto, input_name: str, model_input: np.ndarray, reference: Mapping[str, np.ndarray]
+) -> dict[str, tuple[float, float]]:
     """Per output: (relative L2, max abs) disagreement of onnxruntime with its own `reference` when
     the optimisation level changes (all, none) or the input moves by two ulps: what float32 rounding costs."""
     readings = []
@@ -180,8 +201,9 @@ def sensitivity(truncated: onnx.ModelProto, input_name: str, model_input: np.nda
     return out
 
 
-def judge(name: str, got: np.ndarray, want: np.ndarray, floor: float, observed: tuple[float, float],
-          node_name: str = "") -> LayerAgreement:
+def judge(
+    name: str, got: np.ndarray, want: np.ndarray, floor: float, observed: tuple[float, float], node_name: str = ""
+) -> LayerAgreement:
     """Compare one feature: relative L2 against the calibrated tolerance, or absolute when the
     reference is near zero."""
     rel_sens, abs_sens = observed
@@ -195,10 +217,12 @@ def judge(name: str, got: np.ndarray, want: np.ndarray, floor: float, observed: 
     if not (np.isfinite(got).all() and np.isfinite(want).all()):
         return LayerAgreement(name, max_abs, rel, False, criterion="non_finite", reference_scale=scale, **common)
     if scale < SCALE_FLOOR:
-        return LayerAgreement(name, max_abs, rel, max_abs <= abs_tolerance, criterion="absolute",
-                              reference_scale=scale, **common)
-    return LayerAgreement(name, max_abs, rel, rel <= tolerance, criterion="relative_l2", reference_scale=scale,
-                          **common)
+        return LayerAgreement(
+            name, max_abs, rel, max_abs <= abs_tolerance, criterion="absolute", reference_scale=scale, **common
+        )
+    return LayerAgreement(
+        name, max_abs, rel, rel <= tolerance, criterion="relative_l2", reference_scale=scale, **common
+    )
 
 
 def cross_check(
@@ -224,9 +248,14 @@ def cross_check(
         raise ConversionError(f"onnxruntime cannot run the normalised graph: {first}") from None
     producers = {out: node.name for node in truncated.graph.node for out in node.output}
     agreements = tuple(
-        judge(name, feature.detach().float().cpu().numpy(), expected[name], tolerance,
-              observed.get(name, (0.0, 0.0)), producers.get(name, ""))
+        judge(
+            name,
+            feature.detach().float().cpu().numpy(),
+            expected[name],
+            tolerance,
+            observed.get(name, (0.0, 0.0)),
+            producers.get(name, ""),
+        )
         for name, feature in features.items()
     )
     return CrossCheck(provider, note, tolerance, agreements, calibrated=calibrate)
-

@@ -48,8 +48,10 @@ def regular_file(path: str | Path, what: str, max_bytes: int | None = None) -> P
         kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device or socket"
         raise InputError(f"{path}: is {kind}, not a regular file; give the {what} as a file")
     if max_bytes is not None and info.st_size > max_bytes:
-        raise InputError(f"{path}: {info.st_size / 2**20:.0f} MiB is over the {max_bytes / 2**20:.0f} MiB limit for a "
-                         f"{what}; give a smaller file")
+        raise InputError(
+            f"{path}: {info.st_size / 2**20:.0f} MiB is over the {max_bytes / 2**20:.0f} MiB limit for a "
+            f"{what}; give a smaller file"
+        )
     return path
 
 
@@ -85,8 +87,9 @@ def load_image(path: Path, shape: tuple[int, int, int]) -> CanonicalImage:
         pixels = _resize_array(array, height, width)
     else:
         if channels not in MODES:
-            raise InputError(f"the model takes {channels} channels; image files give 1, 3 or 4 — pass .npy arrays "
-                             "instead")
+            raise InputError(
+                f"the model takes {channels} channels; image files give 1, 3 or 4 — pass .npy arrays instead"
+            )
         pixels, original = _read_image(path, channels, height, width)
     return CanonicalImage(path.name, np.ascontiguousarray(pixels, dtype=np.float32), tuple(original))
 
@@ -106,8 +109,9 @@ def _read_image(path: Path, channels: int, height: int, width: int) -> tuple[np.
     except Image.DecompressionBombError as err:
         raise InputError(f"{path}: too large to decode safely ({err}); downscale the image") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot read it as an image ({type(err).__name__}); give a PNG, JPEG, BMP or "
-                         "TIFF") from None
+        raise InputError(
+            f"{path}: cannot read it as an image ({type(err).__name__}); give a PNG, JPEG, BMP or TIFF"
+        ) from None
     array = np.asarray(converted, dtype=np.float32) / 255.0
     return (array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), original
 
@@ -119,8 +123,10 @@ def _deep_plane(path: Path, array: np.ndarray, mode: str) -> np.ndarray:
         return values
     values = array.astype(np.float64)
     if values.size and (values.min() < 0 or values.max() > 65535):
-        raise InputError(f"{path}: integer pixel values {values.min():.0f}..{values.max():.0f} are outside 0..65535; "
-                         "save it as an 8- or 16-bit image")
+        raise InputError(
+            f"{path}: integer pixel values {values.min():.0f}..{values.max():.0f} are outside 0..65535; "
+            "save it as an 8- or 16-bit image"
+        )
     return (values / 65535.0).astype(np.float32)
 
 
@@ -136,8 +142,9 @@ def _check_unit_range(path: Path, values: np.ndarray, kind: str) -> None:
     if not np.isfinite(values).all():
         raise InputError(f"{path}: {kind} values must be finite (found NaN or infinity); clean the image")
     if values.min() < 0 or values.max() > 1:
-        raise InputError(f"{path}: {kind} values must lie in [0, 1] (found {values.min():.3g}..{values.max():.3g}); "
-                         "rescale it")
+        raise InputError(
+            f"{path}: {kind} values must lie in [0, 1] (found {values.min():.3g}..{values.max():.3g}); rescale it"
+        )
 
 
 def _read_npy(path: Path, channels: int) -> np.ndarray:
@@ -171,8 +178,9 @@ def _unit_values(path: Path, array: np.ndarray) -> np.ndarray:
     if kind in "ui":
         scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(array.dtype)
         if scale is None:
-            raise InputError(f"{path}: {array.dtype} values; give uint8 (0..255), uint16 (0..65535) or floats in "
-                             "[0, 1]")
+            raise InputError(
+                f"{path}: {array.dtype} values; give uint8 (0..255), uint16 (0..65535) or floats in [0, 1]"
+            )
         return array.astype(np.float32) / scale
     if kind != "f":
         raise InputError(f"{path}: dtype {array.dtype} is not numeric; give uint8, uint16 or float values")
@@ -184,9 +192,7 @@ def _unit_values(path: Path, array: np.ndarray) -> np.ndarray:
 def _resize_array(array: np.ndarray, height: int, width: int) -> np.ndarray:
     if array.shape[1:] == (height, width):
         return array
-    planes = [
-        np.asarray(Image.fromarray(plane).resize((width, height), Image.Resampling.BILINEAR)) for plane in array
-    ]
+    planes = [np.asarray(Image.fromarray(plane).resize((width, height), Image.Resampling.BILINEAR)) for plane in array]
     return np.clip(np.stack(planes), 0.0, 1.0)
 
 
@@ -207,8 +213,9 @@ def parse_box(text: str) -> tuple[int, int, int, int]:
     except ValueError:
         values = ()
     if len(values) != 4:
-        raise InputError(f"{text!r}: give a box as x0,y0,x1,y1 (finite pixel numbers), 'center', a mask or a boxes CSV",
-                         option="fg")
+        raise InputError(
+            f"{text!r}: give a box as x0,y0,x1,y1 (finite pixel numbers), 'center', a mask or a boxes CSV", option="fg"
+        )
     return values  # type: ignore[return-value]
 
 
@@ -232,13 +239,16 @@ def read_boxes(path: Path) -> dict[str, tuple[int, int, int, int]]:
         row = {k.strip(): v for k, v in row.items() if k}
         name = (row.get("file") or "").strip()
         if name in first_line:
-            raise InputError(f"{path}: {name!r} has two boxes, on lines {first_line[name]} and {line}; keep one row "
-                             "per file")
+            raise InputError(
+                f"{path}: {name!r} has two boxes, on lines {first_line[name]} and {line}; keep one row per file"
+            )
         try:
             boxes[name] = tuple(_pixel(row[c]) for c in needed[1:])
         except (TypeError, ValueError):
-            raise InputError(f"{path}:{line}: box coordinates must be finite numbers, got "
-                             f"{','.join(str(row.get(c)) for c in needed[1:])}") from None
+            raise InputError(
+                f"{path}:{line}: box coordinates must be finite numbers, got "
+                f"{','.join(str(row.get(c)) for c in needed[1:])}"
+            ) from None
         first_line[name] = line
     return boxes  # type: ignore[return-value]
 

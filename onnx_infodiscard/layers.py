@@ -15,27 +15,89 @@ from .passes import NormalisedModel, shape_table
 from .preprocess import guess_layout
 
 ACTIVATIONS = {
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish",
-    "Tanh", "Softplus", "Mish", "Clip", "ThresholdedRelu",
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Softplus",
+    "Mish",
+    "Clip",
+    "ThresholdedRelu",
 }
 #: Ops whose outputs carry no gradient back to the named input slots (None: to none of them).
 NON_DIFFERENTIABLE = {
-    "ArgMax": None, "ArgMin": None, "Round": None, "Floor": None, "Ceil": None, "Sign": None, "Shape": None,
-    "Size": None, "NonZero": None, "Equal": None, "Less": None, "LessOrEqual": None, "Greater": None,
-    "GreaterOrEqual": None, "Not": None, "And": None, "Or": None, "Xor": None, "IsNaN": None, "IsInf": None,
-    "ConstantOfShape": None, "Range": None, "EyeLike": None, "OneHot": None, "QuantizeLinear": None,
-    "RandomNormalLike": None, "RandomUniformLike": None, "BitShift": None, "Mod": None,
+    "ArgMax": None,
+    "ArgMin": None,
+    "Round": None,
+    "Floor": None,
+    "Ceil": None,
+    "Sign": None,
+    "Shape": None,
+    "Size": None,
+    "NonZero": None,
+    "Equal": None,
+    "Less": None,
+    "LessOrEqual": None,
+    "Greater": None,
+    "GreaterOrEqual": None,
+    "Not": None,
+    "And": None,
+    "Or": None,
+    "Xor": None,
+    "IsNaN": None,
+    "IsInf": None,
+    "ConstantOfShape": None,
+    "Range": None,
+    "EyeLike": None,
+    "OneHot": None,
+    "QuantizeLinear": None,
+    "RandomNormalLike": None,
+    "RandomUniformLike": None,
+    "BitShift": None,
+    "Mod": None,
 }
 #: Ops whose gradient flows only through some input slots (the rest are shapes or indices).
 DIFFERENTIABLE_SLOTS = {
-    "Reshape": {0}, "Expand": {0}, "Tile": {0}, "Slice": {0}, "Gather": {0}, "GatherElements": {0},
-    "GatherND": {0}, "Resize": {0}, "Upsample": {0}, "Pad": {0, 2}, "Squeeze": {0}, "Unsqueeze": {0},
-    "Where": {1, 2}, "TopK": {0}, "Split": {0}, "ReduceMean": {0}, "ReduceSum": {0}, "ReduceMax": {0},
-    "ReduceMin": {0}, "ScatterND": {0, 2}, "ScatterElements": {0, 2}, "CumSum": {0}, "Trilu": {0},
+    "Reshape": {0},
+    "Expand": {0},
+    "Tile": {0},
+    "Slice": {0},
+    "Gather": {0},
+    "GatherElements": {0},
+    "GatherND": {0},
+    "Resize": {0},
+    "Upsample": {0},
+    "Pad": {0, 2},
+    "Squeeze": {0},
+    "Unsqueeze": {0},
+    "Where": {1, 2},
+    "TopK": {0},
+    "Split": {0},
+    "ReduceMean": {0},
+    "ReduceSum": {0},
+    "ReduceMax": {0},
+    "ReduceMin": {0},
+    "ScatterND": {0, 2},
+    "ScatterElements": {0, 2},
+    "CumSum": {0},
+    "Trilu": {0},
 }
 INTEGER_CAST_TARGETS = {
-    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
-    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.UINT64,
     onnx.TensorProto.BOOL,
 }
 AUTO_COUNT = 6
@@ -181,9 +243,7 @@ def constant_tensors(model: NormalisedModel) -> set[str]:
     return names
 
 
-def select_layers(
-    layers: Sequence[Layer], specs: Sequence[str], constants: Collection[str] = ()
-) -> list[Layer]:
+def select_layers(layers: Sequence[Layer], specs: Sequence[str], constants: Collection[str] = ()) -> list[Layer]:
     """Resolve names, indices, globs and `auto` to layers, in graph order, without duplicates.
 
     `constants`: tensors of the graph that are not layers because the input does not reach them
@@ -218,8 +278,9 @@ def _resolve(spec: str, layers: Sequence[Layer], by_name: dict[str, Layer], cons
     if _is_int(spec):
         index = int(spec)
         if not -len(layers) <= index < len(layers):
-            raise InputError(f"layer index {index} is out of range; the graph has {len(layers)} layers "
-                             f"(0..{len(layers) - 1})")
+            raise InputError(
+                f"layer index {index} is out of range; the graph has {len(layers)} layers (0..{len(layers) - 1})"
+            )
         return [layers[index]]
     if any(ch in spec for ch in "*?["):
         found = [layer for layer in layers if fnmatch.fnmatchcase(layer.name, spec)]
@@ -253,13 +314,19 @@ def auto_selection(layers: Sequence[Layer], count: int = AUTO_COUNT) -> tuple[li
 
 #: How `auto`'s note names the activations it passed over, by their layout.
 PASSED_OVER = {
-    L.WINDOWS: "window-partitioned", L.VECTOR: "vectors", L.OTHER: "of no spatial layout",
-    L.UNKNOWN: "of unknown shape", L.NCHW: "of one position", L.NHWC: "of one position", L.TOKENS: "of one token",
+    L.WINDOWS: "window-partitioned",
+    L.VECTOR: "vectors",
+    L.OTHER: "of no spatial layout",
+    L.UNKNOWN: "of unknown shape",
+    L.NCHW: "of one position",
+    L.NHWC: "of one position",
+    L.TOKENS: "of one token",
 }
 
 
-def _shortfall_note(layers: Sequence[Layer], pool: Sequence[Layer], count: int, activations: bool,
-                    spatial: bool) -> str:
+def _shortfall_note(
+    layers: Sequence[Layer], pool: Sequence[Layer], count: int, activations: bool, spatial: bool
+) -> str:
     """Why `auto` kept len(pool) layers, not `count` activation maps: what it passed over, and for what."""
     kept = f"auto kept {len(pool)} layer{'s' if len(pool) != 1 else ''} (it takes up to {count} activation maps)"
     if not spatial:
@@ -273,8 +340,14 @@ def _shortfall_note(layers: Sequence[Layer], pool: Sequence[Layer], count: int, 
     reasons = ", ".join(f"{n} {PASSED_OVER.get(kind, kind)}" for kind, n in sorted(by_layout.items()))
     last = pool[-1].index
     unknown = next((layer for layer in layers if layer.layout == L.UNKNOWN and layer.index > last), None)
-    after = (f"; no shape is known from node '{unknown.node_name}' ({unknown.op_type}) on, so later tensors cannot "
-             "be placed (neither shape inference nor onnxruntime runs that op)") if unknown else ""
+    after = (
+        (
+            f"; no shape is known from node '{unknown.node_name}' ({unknown.op_type}) on, so later tensors cannot "
+            "be placed (neither shape inference nor onnxruntime runs that op)"
+        )
+        if unknown
+        else ""
+    )
     if not reasons and not after:
         return f"{kept}: the graph has only {len(pool)} such feature map{'s' if len(pool) != 1 else ''}"
     return f"{kept}; activations passed over: {reasons or 'none'}{after}; name layers to analyse others"
@@ -301,8 +374,9 @@ def check_differentiable(model: NormalisedModel, layers: Sequence[Layer]) -> Non
                 blocker[name] = upstream[0] if upstream else node
     for layer in layers:
         if layer.name not in reaches:
-            raise InputError(f"layer '{layer.name}' is constant with respect to the input; "
-                             "choose a layer the image reaches")
+            raise InputError(
+                f"layer '{layer.name}' is constant with respect to the input; choose a layer the image reaches"
+            )
         if layer.name not in flows:
             node = blocker[layer.name]
             raise InputError(

@@ -21,16 +21,70 @@ NCHW, NHWC, TOKENS, WINDOWS, VECTOR, OTHER, UNKNOWN = "nchw", "nhwc", "tokens", 
 SPATIAL = (NCHW, NHWC, TOKENS)
 #: Ops that ONNX defines on N×C×H×W tensors.
 NCHW_OPS = {
-    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
-    "BatchNormalization", "InstanceNormalization", "LRN", "DepthToSpace", "SpaceToDepth", "MaxUnpool",
-    "ConvInteger", "QLinearConv", "DeformConv", "GridSample", "RoiAlign",
+    "Conv",
+    "ConvTranspose",
+    "MaxPool",
+    "AveragePool",
+    "LpPool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LRN",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "MaxUnpool",
+    "ConvInteger",
+    "QLinearConv",
+    "DeformConv",
+    "GridSample",
+    "RoiAlign",
 }
 #: Ops that pass a layout through (elementwise, or acting on values only).
 KEEPS_LAYOUT = {
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-    "Softplus", "Mish", "Clip", "ThresholdedRelu", "Erf", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Neg", "Abs",
-    "Exp", "Log", "Identity", "Dropout", "Cast", "Where", "Max", "Min", "Sum", "Mean", "Reciprocal",
-    "LayerNormalization", "Softmax", "Pad", "Resize", "Upsample", "Slice", "Concat", "QuantizeLinear",
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Softplus",
+    "Mish",
+    "Clip",
+    "ThresholdedRelu",
+    "Erf",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Sqrt",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Log",
+    "Identity",
+    "Dropout",
+    "Cast",
+    "Where",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "Reciprocal",
+    "LayerNormalization",
+    "Softmax",
+    "Pad",
+    "Resize",
+    "Upsample",
+    "Slice",
+    "Concat",
+    "QuantizeLinear",
     "DequantizeLinear",
 }
 
@@ -86,8 +140,13 @@ def transposed(layout: str, perm: Sequence[int]) -> str:
     return {"NCHW": NCHW, "NHWC": NHWC}.get(out, OTHER)
 
 
-def layouts(graph: onnx.GraphProto, input_name: str, input_layout: str, input_shape: Sequence[int],
-            shapes: Mapping[str, Sequence]) -> dict[str, str]:
+def layouts(
+    graph: onnx.GraphProto,
+    input_name: str,
+    input_layout: str,
+    input_shape: Sequence[int],
+    shapes: Mapping[str, Sequence],
+) -> dict[str, str]:
     """The layout of every tensor the input reaches, in one pass in topological order."""
     if input_layout == NHWC:
         height, width = input_shape[1], input_shape[2]
@@ -120,8 +179,9 @@ def _hint(node: onnx.NodeProto, reached: Sequence[str], found: Mapping[str, str]
     return UNKNOWN
 
 
-def concrete_shapes(model: onnx.ModelProto, input_name: str, input_shape: Sequence[int],
-                    names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+def concrete_shapes(
+    model: onnx.ModelProto, input_name: str, input_shape: Sequence[int], names: Sequence[str]
+) -> dict[str, tuple[int, ...]]:
     """Shapes of `names` from one onnxruntime run at batch 1, for tensors static inference left unknown.
 
     Exporters that keep the batch dynamic (TorchScript's Swin) route shapes through Shape/Gather/

@@ -57,7 +57,10 @@ def pointing_hit(attribution: np.ndarray, truth: Box) -> bool:
 
 
 def deletion_curve(
-    score: Callable[[np.ndarray], np.ndarray], image: np.ndarray, attribution: np.ndarray, steps: int = 20,
+    score: Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray,
+    attribution: np.ndarray,
+    steps: int = 20,
     baseline: float | np.ndarray = 0.0,
 ) -> tuple[np.ndarray, float]:
     """Delete the most relevant pixels first, in `steps` equal parts; the class score after each.
@@ -151,8 +154,9 @@ def best_option(hits: np.ndarray, preference: Sequence[float] | None = None) -> 
     return int(tied[np.argmin(rank[tied])])
 
 
-def cross_validated_accuracy(hits: np.ndarray, k: int = DEFAULT_FOLDS, seed: int = 0,
-                             preference: Sequence[float] | None = None) -> CrossValidated:
+def cross_validated_accuracy(
+    hits: np.ndarray, k: int = DEFAULT_FOLDS, seed: int = 0, preference: Sequence[float] | None = None
+) -> CrossValidated:
     """k-fold cross-validated localisation accuracy of choosing an option (column of `hits`, (N, options)
     bool) by its hits on the other folds. With fewer than two images nothing can be held out: NaN."""
     hits = np.asarray(hits, dtype=bool)
@@ -167,8 +171,9 @@ def cross_validated_accuracy(hits: np.ndarray, k: int = DEFAULT_FOLDS, seed: int
         chosen.append(best_option(hits[train], preference))
         held_out[test] = hits[test, chosen[-1]]
     p = float(held_out.mean())
-    return CrossValidated(p, float(np.sqrt(p * (1 - p) / n)), tuple(chosen),
-                          tuple(tuple(int(i) for i in fold) for fold in folds))
+    return CrossValidated(
+        p, float(np.sqrt(p * (1 - p) / n)), tuple(chosen), tuple(tuple(int(i) for i in fold) for fold in folds)
+    )
 
 
 def fraction_preference(fractions: Sequence[float], groups: int = 1) -> np.ndarray:
@@ -178,8 +183,9 @@ def fraction_preference(fractions: Sequence[float], groups: int = 1) -> np.ndarr
     return np.tile(distance, groups) + np.repeat(np.arange(groups), len(fractions)) * 1e-6
 
 
-def cross_validated_choice(sweeps: Sequence[np.ndarray], fractions: Sequence[float], k: int = DEFAULT_FOLDS,
-                           seed: int = 0) -> tuple[CrossValidated, list[tuple[int, float]]]:
+def cross_validated_choice(
+    sweeps: Sequence[np.ndarray], fractions: Sequence[float], k: int = DEFAULT_FOLDS, seed: int = 0
+) -> tuple[CrossValidated, list[tuple[int, float]]]:
     """Choose a map (e.g. CID's σ lattice) and its fraction together on k−1 folds, score on the held-out
     fold. `sweeps`: one (N, len(fractions)) hits array per candidate map. Returns the result and, per
     fold, (candidate index, fraction) chosen."""

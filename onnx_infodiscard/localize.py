@@ -23,8 +23,20 @@ from .errors import InputError, close_matches
 from .images import CanonicalImage, box_mask, read_boxes
 from .load import load_model
 from .localization import (
-    DEFAULT_FOLDS, DEFAULT_FRACTION, IOU_HIT, Box, best_option, box_from_map, cross_validated_accuracy,
-    cross_validated_choice, curve_area, deletion_curve, deletion_score, fraction_preference, iou, pointing_hit,
+    DEFAULT_FOLDS,
+    DEFAULT_FRACTION,
+    IOU_HIT,
+    Box,
+    best_option,
+    box_from_map,
+    cross_validated_accuracy,
+    cross_validated_choice,
+    curve_area,
+    deletion_curve,
+    deletion_score,
+    fraction_preference,
+    iou,
+    pointing_hit,
     sweep_hits,
 )
 from .output.encode import LOCALIZATION_SCHEMA_VERSION as SCHEMA_VERSION
@@ -127,8 +139,11 @@ class Localization:
             "layers": list(self.layers),
             "device": self.device,
             "preprocessing": self.preprocessing.to_json(),
-            "crosscheck": {"provider": self.crosscheck.provider, "passed": self.crosscheck.passed,
-                           "note": self.crosscheck.note},
+            "crosscheck": {
+                "provider": self.crosscheck.provider,
+                "passed": self.crosscheck.passed,
+                "note": self.crosscheck.note,
+            },
             **self.summary_json(),
             "images": [vars(image) for image in self.images],
             "seconds": round(self.seconds, 3),
@@ -175,9 +190,17 @@ def localize(
     loaded = load_model(model)
     card = ModelCard.for_model(model, loaded.proto)
     boxes = Path(boxes) if boxes is not None else _card_boxes(model, card)
-    session = open_session(model, images, _layer_specs(card, layers), outputs=True,
-                           preprocessing_overrides=preprocessing_overrides, input_name=input_name,
-                           input_shape=input_shape, device=device, loaded=loaded)
+    session = open_session(
+        model,
+        images,
+        _layer_specs(card, layers),
+        outputs=True,
+        preprocessing_overrides=preprocessing_overrides,
+        input_name=input_name,
+        input_shape=input_shape,
+        device=device,
+        loaded=loaded,
+    )
     canonical, torch_device = session.images, session.device
     c = session.shape[0]
     truths = _true_boxes(canonical, boxes)
@@ -185,7 +208,7 @@ def localize(
     classifier = Classifier(session.preprocess, session.module, layer_names).to(torch_device)
     x = session.pixels()
     with torch.no_grad():
-        clean = torch.cat([classifier(x[i:i + 64]) for i in range(0, len(x), 64)]).cpu()
+        clean = torch.cat([classifier(x[i : i + 64]) for i in range(0, len(x), 64)]).cpu()
     targets, target_rule = _targets(boxes, canonical, card, clean)
     several = len(layer_names) > 1
     name_of = lambda method, layer: f"{method}@{layer}" if several and layer else method  # noqa: E731
@@ -203,10 +226,12 @@ def localize(
             maps[name], kinds[name], grid_of[name] = np.stack([r.sensitivity for r in results]), ("cid", layer), grid
             missed = [r.image for r in results if not r.converged]
             if missed:
-                notes.append(f"{name}: {len(missed)} images missed the budget (|D/τ−1| > "
-                             f"{settings.tolerance}): {', '.join(missed[:3])}; their maps are scored anyway")
+                notes.append(
+                    f"{name}: {len(missed)} images missed the budget (|D/τ−1| > "
+                    f"{settings.tolerance}): {', '.join(missed[:3])}; their maps are scored anyway"
+                )
     for method in (m for m in methods if m != "cid"):
-        for layer in (layer_names if method == "gradcam" else [None]):
+        for layer in layer_names if method == "gradcam" else [None]:
             report_progress(f"{method} maps", 0, 1)
             maps[name_of(method, layer)] = model_map(method, classifier, x, targets, layer)
             kinds[name_of(method, layer)] = (method, layer)
@@ -229,59 +254,87 @@ def localize(
             curve, _ = deletion_curve(lambda b, t=targets[i]: score(b, t), image.pixels, stack[i], DELETION_STEPS, fill)
             per_image[name].append(curve)
             aucs[name] = curve_area(curve)
-        image_scores.append(ImageScore(image.name, truths[i], int(targets[i]), found, ious, hits, aucs,
-                                       bool(correct[i])))
+        image_scores.append(
+            ImageScore(image.name, truths[i], int(targets[i]), found, ious, hits, aucs, bool(correct[i]))
+        )
         report_progress("localisation and deletion (images)", 1, len(canonical))
 
     sweeps = {name: sweep_hits(maps[name], truths, FRACTIONS) for name in maps}
-    scores = tuple(_method_score(name, kinds[name], grid_of.get(name), sweeps[name], image_scores, per_image[name],
-                                 folds, settings.seed) for name in maps)
+    scores = tuple(
+        _method_score(
+            name, kinds[name], grid_of.get(name), sweeps[name], image_scores, per_image[name], folds, settings.seed
+        )
+        for name in maps
+    )
     grid_choice = _grid_choice(scores, sweeps, folds, settings.seed) if len(grids) > 1 else {}
     verdict, beaten = _verdict(scores, grid_choice)
     protocol = {
         "box_rule": f"threshold the map at a fraction of its maximum (fixed in advance: {DEFAULT_FRACTION}); "
-                    "bounding box of the largest 4-connected region at or above it",
+        "bounding box of the largest 4-connected region at or above it",
         "fraction": DEFAULT_FRACTION,
         "fraction_sweep": list(FRACTIONS),
         "thresholds": f"loc_acc: the fixed fraction {DEFAULT_FRACTION}. loc_acc_cv: for every map alike, the fraction "
-                      f"chosen by {folds}-fold cross-validation over images: the fraction of fraction_sweep with the "
-                      f"most hits on {folds - 1} of the {folds} folds (ties: nearest {DEFAULT_FRACTION}), scored on "
-                      "the held-out fold, each fold in turn (cv_fractions); ± binomial s.e. over the images. "
-                      "loc_acc_best: the best fraction on all images (chosen on the test images: optimistic)",
+        f"chosen by {folds}-fold cross-validation over images: the fraction of fraction_sweep with the "
+        f"most hits on {folds - 1} of the {folds} folds (ties: nearest {DEFAULT_FRACTION}), scored on "
+        "the held-out fold, each fold in turn (cv_fractions); ± binomial s.e. over the images. "
+        "loc_acc_best: the best fraction on all images (chosen on the test images: optimistic)",
         "folds": folds,
         "fold_rule": f"a permutation of the images (in input order) by numpy default_rng(seed={settings.seed}), "
-                     "split into equal parts",
+        "split into equal parts",
         "grids": ["pixel" if g is None else g for g in grids],
-        "grid_rule": ("CID's σ lattice and threshold fraction chosen jointly on the same k−1 folds, scored on the "
-                      "held-out fold (grid_choice; ties: nearest fraction, then the grid listed first); never on the "
-                      "test images" if len(grids) > 1 else
-                      "one lattice, fixed in advance (settings.grid, else DEFAULT_GRIDS); not tuned"),
+        "grid_rule": (
+            "CID's σ lattice and threshold fraction chosen jointly on the same k−1 folds, scored on the "
+            "held-out fold (grid_choice; ties: nearest fraction, then the grid listed first); never on the "
+            "test images"
+            if len(grids) > 1
+            else "one lattice, fixed in advance (settings.grid, else DEFAULT_GRIDS); not tuned"
+        ),
         "hit": f"IoU >= {IOU_HIT} with the true box (model resolution)",
         "pointing": "the map's maximum lies inside the true box",
         "deletion": f"most relevant pixels first, {DELETION_STEPS} equal steps, deleted pixels set to the image's "
-                    "mean colour; score = softmax probability of the target class; deletion_auc = area under the "
-                    "probability itself (in [0, 1], not normalised), averaged over the correctly classified images "
-                    "(deletion_images)",
+        "mean colour; score = softmax probability of the target class; deletion_auc = area under the "
+        "probability itself (in [0, 1], not normalised), averaged over the correctly classified images "
+        "(deletion_images)",
         "deletion_normalised": "deprecated, one release: deletion_auc_normalised = area / the image's clean "
-                               "probability, averaged over all images (barely recognised images dominate it)",
+        "probability, averaged over all images (barely recognised images dominate it)",
         "target": target_rule,
         "cid_map": "sensitivity 1/σ² at the layer (METHOD §5), τ and steps as in settings",
         "gradcam": "Captum LayerGradCam at the layer, ReLU, bilinear upsampling",
         "gradient": "Captum Saliency, |gradient| max over channels",
         "ig": f"Captum IntegratedGradients, black baseline, {IG_STEPS} steps, |attribution| summed over channels",
-        "controls": {"brightness": "pixel intensity", "contrast": "local std in a 5×5 window",
-                     "edges": "Sobel gradient magnitude", "center": "Gaussian at the image centre, σ = side/4"},
-        "tau": settings.tau, "steps": settings.steps, "samples": settings.samples,
-        "grid": grids[0] if len(grids) == 1 else "chosen by cross-validation (grid_choice)", "seed": settings.seed,
+        "controls": {
+            "brightness": "pixel intensity",
+            "contrast": "local std in a 5×5 window",
+            "edges": "Sobel gradient magnitude",
+            "center": "Gaussian at the image centre, σ = side/4",
+        },
+        "tau": settings.tau,
+        "steps": settings.steps,
+        "samples": settings.samples,
+        "grid": grids[0] if len(grids) == 1 else "chosen by cross-validation (grid_choice)",
+        "seed": settings.seed,
     }
     from . import __version__
 
     return Localization(
-        tool_version=__version__, model_path=str(loaded.path), model_sha256=loaded.sha256, layers=tuple(layer_names),
-        settings=settings, preprocessing=session.preprocessing, device=str(torch_device), crosscheck=session.crosscheck,
-        methods=scores, images=tuple(image_scores), protocol=protocol, verdict=verdict, controls_beaten=beaten,
-        maps=maps, canonical_images=tuple(image.pixels for image in canonical),
-        seconds=time.perf_counter() - start, notes=tuple(notes), grid_choice=grid_choice,
+        tool_version=__version__,
+        model_path=str(loaded.path),
+        model_sha256=loaded.sha256,
+        layers=tuple(layer_names),
+        settings=settings,
+        preprocessing=session.preprocessing,
+        device=str(torch_device),
+        crosscheck=session.crosscheck,
+        methods=scores,
+        images=tuple(image_scores),
+        protocol=protocol,
+        verdict=verdict,
+        controls_beaten=beaten,
+        maps=maps,
+        canonical_images=tuple(image.pixels for image in canonical),
+        seconds=time.perf_counter() - start,
+        notes=tuple(notes),
+        grid_choice=grid_choice,
     )
 
 
@@ -295,15 +348,18 @@ def _checked(names: Sequence[str], known: Sequence[str], what: str) -> list[str]
 
 def _benchmark_model() -> Path:
     if not BENCHMARK_MODEL.is_file():
-        raise InputError(f"the shipped localisation benchmark {BENCHMARK_MODEL} is missing; install from a source "
-                         "checkout (pip install -e .) or give a MODEL with --images and --boxes")
+        raise InputError(
+            f"the shipped localisation benchmark {BENCHMARK_MODEL} is missing; install from a source "
+            "checkout (pip install -e .) or give a MODEL with --images and --boxes"
+        )
     return BENCHMARK_MODEL
 
 
 def _card_boxes(model: Path, card: ModelCard) -> Path:
     if not card.get("foreground_boxes"):
-        raise InputError(f"no --boxes given and the card of {model.name} names none; "
-                         "give a CSV with columns file,x0,y0,x1,y1")
+        raise InputError(
+            f"no --boxes given and the card of {model.name} names none; give a CSV with columns file,x0,y0,x1,y1"
+        )
     return card.image_folder(model, "foreground_boxes")
 
 
@@ -312,8 +368,10 @@ def _true_boxes(images: Sequence[CanonicalImage], path: Path) -> list[Box]:
     boxes = read_boxes(path)
     missing = [image.name for image in images if image.name not in boxes]
     if missing:
-        raise InputError(f"{path}: no box for {len(missing)} of the images ({', '.join(missing[:3])}); "
-                         "add a row file,x0,y0,x1,y1 for each image or leave those images out")
+        raise InputError(
+            f"{path}: no box for {len(missing)} of the images ({', '.join(missing[:3])}); "
+            "add a row file,x0,y0,x1,y1 for each image or leave those images out"
+        )
     truths = []
     for image in images:
         rows, columns = np.nonzero(box_mask(boxes[image.name], image))
@@ -329,7 +387,9 @@ def _layer_specs(card: ModelCard, layers: Sequence[str] | None) -> list[str]:
     return [suggested[-1]] if suggested else ["auto"]
 
 
-def _targets(path: Path, images: Sequence[CanonicalImage], card: ModelCard, scores: torch.Tensor) -> tuple[list[int], str]:
+def _targets(
+    path: Path, images: Sequence[CanonicalImage], card: ModelCard, scores: torch.Tensor
+) -> tuple[list[int], str]:
     """The class to explain per image: the CSV's `label` column (index or class name), else the prediction."""
     with open(path, newline="") as handle:
         rows = {row["file"].strip(): row for row in csv.DictReader(handle) if row.get("file")}
@@ -345,8 +405,10 @@ def _targets(path: Path, images: Sequence[CanonicalImage], card: ModelCard, scor
         elif label.lstrip("-").isdigit() and 0 <= int(label) < count:
             targets.append(int(label))
         else:
-            raise InputError(f"{path}: label '{label}' of {image.name} is neither a class index 0..{count - 1} "
-                             f"nor a class name of the model card{close_matches(label, classes)}")
+            raise InputError(
+                f"{path}: label '{label}' of {image.name} is neither a class index 0..{count - 1} "
+                f"nor a class name of the model card{close_matches(label, classes)}"
+            )
     return targets, "the label column of the boxes CSV"
 
 
@@ -369,8 +431,10 @@ def _grids(grids: Sequence[int | None] | None, settings: SolverSettings) -> tupl
         return (settings.grid,) if settings.grid is not None else DEFAULT_GRIDS
     for grid in grids:
         if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid <= 0):
-            raise InputError(f"{grid!r} is not a grid size; give positive integers (e.g. 16) or None for one σ per "
-                             "pixel", option="grids")
+            raise InputError(
+                f"{grid!r} is not a grid size; give positive integers (e.g. 16) or None for one σ per pixel",
+                option="grids",
+            )
     return tuple(dict.fromkeys(grids))
 
 
@@ -379,8 +443,9 @@ def _grid_name(name: str, grid: int | None, several: bool) -> str:
     return f"{name}@{'pixel' if grid is None else f'grid{grid}'}" if several else name
 
 
-def _method_score(name, kind, grid, sweep: np.ndarray, images: Sequence[ImageScore], curves, folds: int,
-                  seed: int) -> MethodScore:
+def _method_score(
+    name, kind, grid, sweep: np.ndarray, images: Sequence[ImageScore], curves, folds: int, seed: int
+) -> MethodScore:
     """One map's scores; `sweep` (images, FRACTIONS) says which images it localises at each fraction."""
     hits = np.array([image.ious[name] >= IOU_HIT for image in images])
     preference = fraction_preference(FRACTIONS)
@@ -389,14 +454,25 @@ def _method_score(name, kind, grid, sweep: np.ndarray, images: Sequence[ImageSco
     deletion = deletion_score(np.stack(curves), [image.correct for image in images])
     n = len(images)
     return MethodScore(
-        name=name, method=kind[0], control=kind[0] in CONTROLS, layer=kind[1],
-        loc_acc=float(hits.mean()), loc_acc_se=float(np.sqrt(hits.mean() * (1 - hits.mean()) / n)),
+        name=name,
+        method=kind[0],
+        control=kind[0] in CONTROLS,
+        layer=kind[1],
+        loc_acc=float(hits.mean()),
+        loc_acc_se=float(np.sqrt(hits.mean() * (1 - hits.mean()) / n)),
         mean_iou=float(np.mean([image.ious[name] for image in images])),
         pointing_acc=float(np.mean([image.pointing[name] for image in images])),
-        deletion_auc=deletion.auc, best_fraction=FRACTIONS[best], loc_acc_best=float(sweep[:, best].mean()),
-        deletion_curve=deletion.curve, loc_acc_cv=cv.accuracy, loc_acc_cv_se=cv.se,
-        cv_fractions=tuple(FRACTIONS[j] for j in cv.chosen), grid=grid, deletion_images=deletion.n_images,
-        deletion_auc_normalised=deletion.auc_normalised, deletion_curve_normalised=deletion.curve_normalised,
+        deletion_auc=deletion.auc,
+        best_fraction=FRACTIONS[best],
+        loc_acc_best=float(sweep[:, best].mean()),
+        deletion_curve=deletion.curve,
+        loc_acc_cv=cv.accuracy,
+        loc_acc_cv_se=cv.se,
+        cv_fractions=tuple(FRACTIONS[j] for j in cv.chosen),
+        grid=grid,
+        deletion_images=deletion.n_images,
+        deletion_auc_normalised=deletion.auc_normalised,
+        deletion_curve_normalised=deletion.curve_normalised,
     )
 
 
@@ -407,7 +483,9 @@ def _grid_choice(scores: Sequence[MethodScore], sweeps: dict[str, np.ndarray], f
         group = [s for s in scores if s.method == "cid" and s.layer == layer]
         cv, chosen = cross_validated_choice([sweeps[s.name] for s in group], FRACTIONS, folds, seed)
         choice[group[0].name.rsplit("@", 1)[0]] = {
-            "candidates": [s.name for s in group], "loc_acc_cv": cv.accuracy, "loc_acc_cv_se": cv.se,
+            "candidates": [s.name for s in group],
+            "loc_acc_cv": cv.accuracy,
+            "loc_acc_cv_se": cv.se,
             "chosen": [{"map": group[g].name, "grid": group[g].grid, "fraction": f} for g, f in chosen],
         }
     return choice
@@ -438,10 +516,14 @@ def _verdict(scores: Sequence[MethodScore], grid_choice: dict | None = None) -> 
     best_point = max(methods, key=lambda s: s.pointing_acc)
     beaten = bool(top_loc.loc_acc_cv < acc and top_point.pointing_acc < best_point.pointing_acc)
     if beaten:
-        text += (f"; every model-free control scores below it (best control: {top_loc.name} "
-                 f"{top_loc.loc_acc_cv:.3f} localisation, {top_point.name} {top_point.pointing_acc:.3f} pointing)")
+        text += (
+            f"; every model-free control scores below it (best control: {top_loc.name} "
+            f"{top_loc.loc_acc_cv:.3f} localisation, {top_point.name} {top_point.pointing_acc:.3f} pointing)"
+        )
     else:
-        text += (f"; WARNING: a model-free control does as well ({top_loc.name} {top_loc.loc_acc_cv:.3f} "
-                 f"localisation, {top_point.name} {top_point.pointing_acc:.3f} pointing): this data set cannot "
-                 "support a claim about which method localises best")
+        text += (
+            f"; WARNING: a model-free control does as well ({top_loc.name} {top_loc.loc_acc_cv:.3f} "
+            f"localisation, {top_point.name} {top_point.pointing_acc:.3f} pointing): this data set cannot "
+            "support a claim about which method localises best"
+        )
     return text, beaten

@@ -18,8 +18,17 @@ from torch import nn
 from .card import CARD_SUFFIX, METADATA_KEY, ModelCard
 from .errors import InputError, close_matches
 
-__all__ = ["CARD_SUFFIX", "METADATA_KEY", "PRESETS", "Preprocess", "Preprocessing", "canonical_shape",
-           "guess_layout", "read_card", "resolve_preprocessing"]
+__all__ = [
+    "CARD_SUFFIX",
+    "METADATA_KEY",
+    "PRESETS",
+    "Preprocess",
+    "Preprocessing",
+    "canonical_shape",
+    "guess_layout",
+    "read_card",
+    "resolve_preprocessing",
+]
 
 Layout = Literal["nchw", "nhwc"]
 
@@ -71,8 +80,9 @@ def _per_channel(values: tuple[float, ...], channels: int, name: str) -> list[fl
     if len(values) == 1:
         return list(values) * channels
     if len(values) != channels:
-        raise InputError(f"{len(values)} values but the model takes {channels} channels; give 1 or {channels}",
-                         option=name)
+        raise InputError(
+            f"{len(values)} values but the model takes {channels} channels; give 1 or {channels}", option=name
+        )
     return list(values)
 
 
@@ -147,8 +157,9 @@ def _with_flags(spec: Preprocessing, flags: dict) -> Preprocessing:
     if "scale" in values:
         values["scale"] = float(values["scale"])
         if not math.isfinite(values["scale"]) or values["scale"] <= 0:
-            raise InputError(f"{values['scale']} must be a finite number > 0 (255 for raw 0..255 pixels)",
-                             option="scale")
+            raise InputError(
+                f"{values['scale']} must be a finite number > 0 (255 for raw 0..255 pixels)", option="scale"
+            )
     if "layout" in values:
         values["layout"] = str(values["layout"]).lower()
         if values["layout"] not in ("nchw", "nhwc"):

@@ -8,8 +8,8 @@ import numpy as np
 
 from .crosscheck import CrossCheck
 from .layers import Layer
-from .perturb import SolverSettings
 from .output.encode import SCHEMA_VERSION
+from .perturb import SolverSettings
 from .preprocess import Preprocessing
 
 #: Maps whose split-half reliability is below this are flagged: their pixel structure is partly noise.
@@ -29,8 +29,14 @@ class RUResult:
     decoder_psnr: float = float("nan")  # dB
 
     def to_json(self) -> dict:
-        return {"mean": self.mean, "per_channel": list(self.per_channel), "converged": self.converged,
-                "d_over_tau": self.d_over_tau, "decoder_mse": self.decoder_mse, "decoder_psnr": self.decoder_psnr}
+        return {
+            "mean": self.mean,
+            "per_channel": list(self.per_channel),
+            "converged": self.converged,
+            "d_over_tau": self.d_over_tau,
+            "decoder_mse": self.decoder_mse,
+            "decoder_psnr": self.decoder_psnr,
+        }
 
 
 @dataclass(frozen=True)
@@ -110,14 +116,21 @@ class Report:
         for layer in self.layers:
             results = [r for r in self.results if r.layer == layer.name and r.converged]
             ru = [r.ru for r in self.results if r.layer == layer.name and r.ru is not None]
-            rows.append({
-                "layer": layer.name, "index": layer.index, "op_type": layer.op_type, "depth": layer.depth,
-                "n_images": len(results),
-                **{key: _mean_or_none([getattr(r, key) for r in results])
-                   for key in ("cid", "delta_cid", "concentration", "d_over_tau", "reliability")},
-                "ru": _mean_or_none([r.mean for r in ru if r.converged]) if ru else None,
-                "decoder_psnr": _mean_or_none([r.decoder_psnr for r in ru]) if ru else None,
-            })
+            rows.append(
+                {
+                    "layer": layer.name,
+                    "index": layer.index,
+                    "op_type": layer.op_type,
+                    "depth": layer.depth,
+                    "n_images": len(results),
+                    **{
+                        key: _mean_or_none([getattr(r, key) for r in results])
+                        for key in ("cid", "delta_cid", "concentration", "d_over_tau", "reliability")
+                    },
+                    "ru": _mean_or_none([r.mean for r in ru if r.converged]) if ru else None,
+                    "decoder_psnr": _mean_or_none([r.decoder_psnr for r in ru]) if ru else None,
+                }
+            )
         return rows
 
     def to_json(self) -> dict:
@@ -126,14 +139,20 @@ class Report:
         return {
             "schema_version": SCHEMA_VERSION,
             "tool_version": __version__,
-            "model": {"path": self.model_path, "sha256": self.model_sha256, "input": self.input_name,
-                      "input_shape": list(self.input_shape)},
+            "model": {
+                "path": self.model_path,
+                "sha256": self.model_sha256,
+                "input": self.input_name,
+                "input_shape": list(self.input_shape),
+            },
             "preprocessing": self.preprocessing.to_json(),
             "parameters": {**asdict(self.settings), "foreground": self.foreground, "device": self.device},
             "layers": [asdict(layer) for layer in self.layers],
             "crosscheck": {
-                "provider": self.crosscheck.provider, "note": self.crosscheck.note,
-                "tolerance": self.crosscheck.tolerance, "passed": self.crosscheck.passed,
+                "provider": self.crosscheck.provider,
+                "note": self.crosscheck.note,
+                "tolerance": self.crosscheck.tolerance,
+                "passed": self.crosscheck.passed,
                 "layers": [asdict(a) for a in self.crosscheck.layers],
             },
             "batch_safe": self.batch_safe,

@@ -47,16 +47,23 @@ class RowCache:
             self.root.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=self.root).close()
         except OSError as err:
-            raise InputError(f"the row cache {self.root} is not a writable folder ({err.strerror}); point "
-                             f"{CACHE_ENV} at one, or run without the cache", option="cache") from None
+            raise InputError(
+                f"the row cache {self.root} is not a writable folder ({err.strerror}); point "
+                f"{CACHE_ENV} at one, or run without the cache",
+                option="cache",
+            ) from None
 
     def key(self, session: Session, row: Row, settings, version: str) -> str:
         solver = {k: v for k, v in asdict(settings).items() if k not in PERFORMANCE_ONLY}
         preprocessing = {k: v for k, v in session.preprocessing.to_json().items() if k != "source"}
         identity = {
-            "model": session.loaded.sha256, "image": image_hash(session.images[row.image].pixels),
-            "layer": row.layer, "preprocessing": preprocessing, "settings": solver,
-            "device": session.device.type, "version": version,
+            "model": session.loaded.sha256,
+            "image": image_hash(session.images[row.image].pixels),
+            "layer": row.layer,
+            "preprocessing": preprocessing,
+            "settings": solver,
+            "device": session.device.type,
+            "version": version,
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -55,14 +55,20 @@ def groups(rows: Sequence[Row], settings: SolverSettings) -> list[list[Row]]:
     """Rows in groups of one device batch (`max_batch // samples` rows): the grain of progress,
     caching, resuming and scale-out. Batching more rows together would not run faster."""
     size = max(1, settings.max_batch // settings.samples)
-    return [list(rows[i:i + size]) for i in range(0, len(rows), size)]
+    return [list(rows[i : i + size]) for i in range(0, len(rows), size)]
 
 
 def distortion(session: Session, rows: Sequence[Row], settings: SolverSettings) -> Distortion:
     """D of `rows` on the session's device: what the solver perturbs."""
     features = {name: session.pipeline(name) for name in dict.fromkeys(row.layer for row in rows)}
-    return Distortion(features, session.pixels(), [row.image for row in rows], [row.layer for row in rows],
-                      [image.name for image in session.images], settings.memory_format)
+    return Distortion(
+        features,
+        session.pixels(),
+        [row.image for row in rows],
+        [row.layer for row in rows],
+        [image.name for image in session.images],
+        settings.memory_format,
+    )
 
 
 def estimate_rows(session: Session, rows: Sequence[Row], settings: SolverSettings) -> Estimate:
@@ -70,17 +76,23 @@ def estimate_rows(session: Session, rows: Sequence[Row], settings: SolverSetting
     return estimate(distortion(session, rows, settings), settings)
 
 
-def solve_rows(session: Session, rows: Sequence[Row], settings: SolverSettings,
-               progress: Callable[[int], None] | None = None) -> list[SolvedRow]:
+def solve_rows(
+    session: Session, rows: Sequence[Row], settings: SolverSettings, progress: Callable[[int], None] | None = None
+) -> list[SolvedRow]:
     """Solve `rows` together on the session's device; `progress(steps)` after each step."""
     solution = solve(distortion(session, rows, settings), settings, progress)
     share = solution.seconds / len(rows)
     return [
         SolvedRow(
-            log_sigma=solution.log_sigma[k], d_over_tau=float(solution.d_over_tau[k]),
-            standard_error=float(solution.standard_error[k]), eval_samples=int(solution.eval_samples[k]),
-            multiplier=float(solution.multiplier[k]), converged=bool(solution.converged[k]), steps=solution.steps,
-            seconds=share, extra_steps=int(solution.extra_steps[k]) if solution.extra_steps is not None else 0,
+            log_sigma=solution.log_sigma[k],
+            d_over_tau=float(solution.d_over_tau[k]),
+            standard_error=float(solution.standard_error[k]),
+            eval_samples=int(solution.eval_samples[k]),
+            multiplier=float(solution.multiplier[k]),
+            converged=bool(solution.converged[k]),
+            steps=solution.steps,
+            seconds=share,
+            extra_steps=int(solution.extra_steps[k]) if solution.extra_steps is not None else 0,
             reliability=float(solution.reliability[k]) if solution.reliability is not None else float("nan"),
             halvings=solution.halvings,
         )
@@ -88,8 +100,13 @@ def solve_rows(session: Session, rows: Sequence[Row], settings: SolverSettings,
     ]
 
 
-def solve_groups(session: Session, todo: Iterable[list[Row]], settings: SolverSettings,
-                 done: Callable[[list[Row], list[SolvedRow]], None], progress: Callable[[int], None]) -> None:
+def solve_groups(
+    session: Session,
+    todo: Iterable[list[Row]],
+    settings: SolverSettings,
+    done: Callable[[list[Row], list[SolvedRow]], None],
+    progress: Callable[[int], None],
+) -> None:
     """Solve group after group in this process, handing each finished group to `done` at once
     (so a cache keeps it even if the run is interrupted later)."""
     for group in todo:

@@ -78,12 +78,19 @@ def _decoder_body(feature_shape: Sequence[int], image_shape: Sequence[int], widt
         while size * 2 <= height:
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
             size *= 2
-        layers += [nn.Upsample(size=(height, width_px), mode="bilinear"), nn.Conv2d(width, channels, 3, padding=1),
-                   nn.Sigmoid()]
+        layers += [
+            nn.Upsample(size=(height, width_px), mode="bilinear"),
+            nn.Conv2d(width, channels, 3, padding=1),
+            nn.Sigmoid(),
+        ]
         return nn.Sequential(*layers)
     size = math.prod(feature_shape)
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(size, 256), nn.ReLU(), nn.Linear(256, channels * height * width_px), nn.Sigmoid(),
+        nn.Flatten(),
+        nn.Linear(size, 256),
+        nn.ReLU(),
+        nn.Linear(256, channels * height * width_px),
+        nn.Sigmoid(),
         nn.Unflatten(1, (channels, height, width_px)),
     )
 
@@ -141,7 +148,7 @@ def _train(module: nn.Module, features: torch.Tensor, images: torch.Tensor, conf
     _initialise(module, torch.Generator().manual_seed(config.seed))
     optimiser = torch.optim.Adam(module.parameters(), lr=config.lr)
     module.train()
-    for epoch in range(config.epochs):
+    for _epoch in range(config.epochs):
         shuffled = train[torch.randperm(len(train), generator=generator).to(images.device)]
         for batch in shuffled.split(config.batch):
             optimiser.zero_grad()

@@ -49,11 +49,18 @@ def connect(address: str):
         raise InputError("Ray is not installed; pip install 'onnx-infodiscard[ray]'", option="ray") from None
     if not ray.is_initialized():
         try:
-            ray.init(address=None if address == "auto" else address, include_dashboard=False, log_to_driver=False,
-                     logging_level="warning", configure_logging=True)
+            ray.init(
+                address=None if address == "auto" else address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level="warning",
+                configure_logging=True,
+            )
         except (ConnectionError, ValueError, RuntimeError) as err:
-            raise InputError(f"cannot reach a Ray cluster at {address!r} ({err}); start one with `ray start --head` "
-                             "or use auto", option="ray") from None
+            raise InputError(
+                f"cannot reach a Ray cluster at {address!r} ({err}); start one with `ray start --head` or use auto",
+                option="ray",
+            ) from None
     return ray
 
 
@@ -64,8 +71,14 @@ def workers(ray, session: Session, count: int) -> list:
     return [actor.remote("cuda" if gpu else "cpu", 1) for _ in range(count)]
 
 
-def solve_groups_on_ray(session: Session, todo: Sequence[list[Row]], settings: SolverSettings, address: str,
-                        done: Callable[[list[Row], list[SolvedRow]], None], progress: Callable[[int], None]) -> None:
+def solve_groups_on_ray(
+    session: Session,
+    todo: Sequence[list[Row]],
+    settings: SolverSettings,
+    address: str,
+    done: Callable[[list[Row], list[SolvedRow]], None],
+    progress: Callable[[int], None],
+) -> None:
     """Spread `todo` over Ray workers; `done(group, results)` as each group returns, in any order."""
     ray = connect(address)
     capacity = int(ray.cluster_resources().get("GPU" if session.device.type == "cuda" else "CPU", 1)) or 1
@@ -86,8 +99,10 @@ def solve_groups_on_ray(session: Session, todo: Sequence[list[Row]], settings: S
                 results = ray.get(ready[0])
             except ray.exceptions.RayError as err:
                 names = ", ".join(f"{row.layer}@image{row.image}" for row in group[:3])
-                raise InfodiscardError(f"a Ray worker failed {RETRIES + 1} times on rows {names}...: "
-                                       f"{type(err).__name__}; nothing was reported, rerun to resume from the cache")
+                raise InfodiscardError(
+                    f"a Ray worker failed {RETRIES + 1} times on rows {names}...: "
+                    f"{type(err).__name__}; nothing was reported, rerun to resume from the cache"
+                ) from err
             done(group, results)
             progress(len(group) * settings.steps)
             if queue:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .card import ModelCard
 from .check import choose_layers, convert_and_check
 from .convert import Conversion
 from .crosscheck import DEFAULT_RTOL, CrossCheck
@@ -24,7 +25,6 @@ from .load import LoadedModel, load_model
 from .passes import NormalisedModel, dims, drop_initializer_inputs, image_input, normalise
 from .passes.inputs import drop_unread_inputs
 from .perturb import Pipeline, resolve_device
-from .card import ModelCard
 from .preprocess import Preprocess, Preprocessing, canonical_shape, resolve_preprocessing
 
 
@@ -44,6 +44,7 @@ class Session:
     crosscheck: CrossCheck
     device: torch.device
     seconds: float  # to build it
+    notes: tuple[str, ...] = ()  # e.g. why `auto` kept fewer layers than it asks for
 
     @property
     def module(self):
@@ -53,8 +54,11 @@ class Session:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the canonical image."""
-        return self.images[0].pixels.shape if self.images else canonical_shape(
-            tuple(self.normalised.input_shape), self.preprocessing.layout)
+        return (
+            self.images[0].pixels.shape
+            if self.images
+            else canonical_shape(tuple(self.normalised.input_shape), self.preprocessing.layout)
+        )
 
     @property
     def preprocess(self) -> Preprocess:
@@ -75,10 +79,16 @@ class Session:
         """What a worker needs to rebuild this session without the files: the model's bytes,
         the canonical images and every choice already resolved (layers, input, preprocessing)."""
         return PortableSession(
-            path=self.loaded.path, sha256=self.loaded.sha256, model_bytes=self.loaded.proto.SerializeToString(),
-            images=self.images, layers=tuple(layer.name for layer in self.layers), outputs=self.output is not None,
-            preprocessing=self.preprocessing, input_name=self.normalised.input_name,
-            input_shape=tuple(self.normalised.input_shape), tolerance=self.crosscheck.tolerance,
+            path=self.loaded.path,
+            sha256=self.loaded.sha256,
+            model_bytes=self.loaded.proto.SerializeToString(),
+            images=self.images,
+            layers=tuple(layer.name for layer in self.layers),
+            outputs=self.output is not None,
+            preprocessing=self.preprocessing,
+            input_name=self.normalised.input_name,
+            input_shape=tuple(self.normalised.input_shape),
+            tolerance=self.crosscheck.tolerance,
         )
 
 
@@ -101,9 +111,18 @@ class PortableSession:
         import onnx
 
         loaded = LoadedModel(self.path, self.sha256, onnx.load_from_string(self.model_bytes))
-        return open_session(self.path, layers=list(self.layers), outputs=self.outputs, preprocessing=self.preprocessing,
-                            input_name=self.input_name, input_shape=(1, *self.input_shape[1:]), device=device,
-                            tolerance=self.tolerance, loaded=loaded, canonical=self.images)
+        return open_session(
+            self.path,
+            layers=list(self.layers),
+            outputs=self.outputs,
+            preprocessing=self.preprocessing,
+            input_name=self.input_name,
+            input_shape=(1, *self.input_shape[1:]),
+            device=device,
+            tolerance=self.tolerance,
+            loaded=loaded,
+            canonical=self.images,
+        )
 
 
 def open_session(
@@ -146,16 +165,34 @@ def open_session(
     canonical = tuple(canonical)
 
     normalised = normalise(loaded.proto, input_name, input_shape)
-    chosen = choose_layers(normalised, requested)
+    selected = choose_layers(normalised, requested)
+    chosen = list(selected.layers)
     output = normalised.proto.graph.output[0].name if outputs else None
-    converted = chosen + (choose_layers(normalised, [output]) if output and output not in
-                          {layer.name for layer in chosen} else [])
+    known = {layer.name for layer in chosen}
+    converted = [*chosen, *(choose_layers(normalised, [output]).layers if output and output not in known else ())]
     with torch.no_grad():  # the first image is the cross-check's probe, in model space
         probe = Preprocess(preprocessing, canonical[0].pixels.shape[0])(torch.from_numpy(canonical[0].pixels[None]))
-    conversion, check = convert_and_check(normalised, sorted(converted, key=lambda layer: layer.index),
-                                          probe.numpy(), tolerance, torch_device.type == "cuda")
-    return Session(loaded, card, normalised, preprocessing, canonical, tuple(chosen), output, conversion,
-                   check, torch_device, time.perf_counter() - start)
+    conversion, check = convert_and_check(
+        normalised,
+        sorted(converted, key=lambda layer: layer.index),
+        probe.numpy(),
+        tolerance,
+        torch_device.type == "cuda",
+    )
+    return Session(
+        loaded,
+        card,
+        normalised,
+        preprocessing,
+        canonical,
+        tuple(chosen),
+        output,
+        conversion,
+        check,
+        torch_device,
+        time.perf_counter() - start,
+        selected.notes,
+    )
 
 
 def model_input_shape(proto, input_name, input_shape) -> tuple[int, ...]:
@@ -167,6 +204,7 @@ def model_input_shape(proto, input_name, input_shape) -> tuple[int, ...]:
     copy = drop_unread_inputs(drop_initializer_inputs(copy)[0])[0]  # as normalise sees the inputs
     found = dims(image_input(copy, input_name))
     if any(not isinstance(d, int) or d <= 0 for d in found[1:]):
-        raise InputError(f"the model's image input has dynamic dims {found}; give them as N,C,H,W",
-                         option="input_shape")
+        raise InputError(
+            f"the model's image input has dynamic dims {found}; give them as N,C,H,W", option="input_shape"
+        )
     return (1, *found[1:])

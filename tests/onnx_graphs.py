@@ -16,8 +16,15 @@ from torch import nn
 
 ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 ZOO_NAMES = (
-    "bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
-    "shufflenet", "squeezenet", "vgg19", "zfnet512",
+    "bvlc_alexnet",
+    "densenet121",
+    "inception_v1",
+    "inception_v2",
+    "resnet50",
+    "shufflenet",
+    "squeezenet",
+    "vgg19",
+    "zfnet512",
 )
 
 
@@ -34,8 +41,14 @@ class VGGLike(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(nn.Linear(16 * 8 * 8, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
 
@@ -86,7 +99,9 @@ class MobileNetLike(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.Hardswish())
         self.expand = nn.Sequential(nn.Conv2d(8, 24, 1, bias=False), nn.BatchNorm2d(24), nn.Hardswish())
-        self.depthwise = nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1, groups=24, bias=False), nn.BatchNorm2d(24), nn.Hardswish())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(24, 24, 3, 1, 1, groups=24, bias=False), nn.BatchNorm2d(24), nn.Hardswish()
+        )
         self.se = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Conv2d(24, 8, 1), nn.ReLU(), nn.Conv2d(8, 24, 1), nn.Hardsigmoid()
         )
@@ -231,12 +246,24 @@ def nhwc_keras_like(size: int = 32) -> onnx.ModelProto:
     ]
     nodes = [
         helper.make_node("Transpose", ["input_1"], ["conv1__6:0"], name="transpose_in", perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", ["conv1__6:0", "conv1/kernel", "conv1/bias"], ["conv1/BiasAdd:0"], name="conv1",
-                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv",
+            ["conv1__6:0", "conv1/kernel", "conv1/bias"],
+            ["conv1/BiasAdd:0"],
+            name="conv1",
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+        ),
         helper.make_node("Relu", ["conv1/BiasAdd:0"], ["conv1/Relu:0"], name="conv1/Relu"),
         helper.make_node("MaxPool", ["conv1/Relu:0"], ["pool1:0"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Conv", ["pool1:0", "conv2/kernel", "conv2/bias"], ["conv2/BiasAdd:0"], name="conv2",
-                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv",
+            ["pool1:0", "conv2/kernel", "conv2/bias"],
+            ["conv2/BiasAdd:0"],
+            name="conv2",
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+        ),
         helper.make_node("Relu", ["conv2/BiasAdd:0"], ["conv2/Relu:0"], name="conv2/Relu"),
         helper.make_node("MaxPool", ["conv2/Relu:0"], ["pool2:0"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Transpose", ["pool2:0"], ["pool2__nhwc:0"], name="transpose_out", perm=[0, 2, 3, 1]),
@@ -246,7 +273,8 @@ def nhwc_keras_like(size: int = 32) -> onnx.ModelProto:
         helper.make_node("Softmax", ["dense/BiasAdd:0"], ["dense"], name="dense/Softmax", axis=-1),
     ]
     graph = helper.make_graph(
-        nodes, "keras_like",
+        nodes,
+        "keras_like",
         [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["unk__6", size, size, 3])],
         [helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["unk__7", 10])],
         inits,
@@ -271,12 +299,15 @@ def small_cnn(
     inits = [numpy_helper.from_array(weight, "conv.weight"), *extra_inits]
     nodes = [
         *nodes_before,
-        helper.make_node("Conv", [first, "conv.weight"], ["conv_out"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", [first, "conv.weight"], ["conv_out"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+        ),
         helper.make_node("Relu", ["conv_out"], ["relu_out"], name="relu"),
         helper.make_node("GlobalAveragePool", ["relu_out"], ["pooled"], name="pool"),
     ]
     graph = helper.make_graph(
-        nodes, "small_cnn",
+        nodes,
+        "small_cnn",
         [helper.make_tensor_value_info("x", input_type, [1, 3, 16, 16])],
         [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 4, 1, 1])],
         inits,

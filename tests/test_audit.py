@@ -19,26 +19,34 @@ TABLE = [  # one model's per-layer means, deliberately out of graph order
 ]
 
 
-@pytest.mark.parametrize("text, want", [
-    ("cid[-1] > 1.2", Rule("cid[-1] > 1.2", "cid", "-1", ">", 1.2)),
-    ("delta_cid[ /relu1/Relu_output_0 ]<=0", Rule("delta_cid[ /relu1/Relu_output_0 ]<=0", "delta_cid",
-                                                  "/relu1/Relu_output_0", "<=", 0.0)),
-    ("  CONCENTRATION[0] >= -3e-1 ", Rule("CONCENTRATION[0] >= -3e-1", "concentration", "0", ">=", -0.3)),
-    ("ru[model/conv[2]/Relu:0] < 4", Rule("ru[model/conv[2]/Relu:0] < 4", "ru", "model/conv[2]/Relu:0", "<", 4.0)),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("cid[-1] > 1.2", Rule("cid[-1] > 1.2", "cid", "-1", ">", 1.2)),
+        (
+            "delta_cid[ /relu1/Relu_output_0 ]<=0",
+            Rule("delta_cid[ /relu1/Relu_output_0 ]<=0", "delta_cid", "/relu1/Relu_output_0", "<=", 0.0),
+        ),
+        ("  CONCENTRATION[0] >= -3e-1 ", Rule("CONCENTRATION[0] >= -3e-1", "concentration", "0", ">=", -0.3)),
+        ("ru[model/conv[2]/Relu:0] < 4", Rule("ru[model/conv[2]/Relu:0] < 4", "ru", "model/conv[2]/Relu:0", "<", 4.0)),
+    ],
+)
 def test_rules_parse(text, want):
     assert parse_rule(text) == want
 
 
-@pytest.mark.parametrize("text, words", [
-    ("cid[-1] 1.2", ["METRIC[LAYER] OP NUMBER"]),
-    ("cid[-1] == 1.2", ["METRIC[LAYER] OP NUMBER"]),
-    ("cdi[0] > 1", ["unknown metric 'cdi'", "did you mean 'cid'"]),
-    ("cid[] > 1", ["layer name or index"]),
-    ("cid[0] > abc", ["'abc' is not a number"]),
-    ("cid[0] > nan", ["finite"]),
-    ("cid > 1", ["METRIC[LAYER] OP NUMBER"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("cid[-1] 1.2", ["METRIC[LAYER] OP NUMBER"]),
+        ("cid[-1] == 1.2", ["METRIC[LAYER] OP NUMBER"]),
+        ("cdi[0] > 1", ["unknown metric 'cdi'", "did you mean 'cid'"]),
+        ("cid[] > 1", ["layer name or index"]),
+        ("cid[0] > abc", ["'abc' is not a number"]),
+        ("cid[0] > nan", ["finite"]),
+        ("cid > 1", ["METRIC[LAYER] OP NUMBER"]),
+    ],
+)
 def test_bad_rules_are_one_line_input_errors(text, words):
     with pytest.raises(InputError) as caught:
         parse_rule(text)
@@ -49,10 +57,15 @@ def test_bad_rules_are_one_line_input_errors(text, words):
 
 
 def test_indices_count_among_the_chosen_layers_in_graph_order():
-    outcomes = evaluate(parse_rules(["cid[-1] > -1.5", "cid[0] > -1.5", "cid[shallow] <= -2", "delta_cid[1] < 0"]),
-                        TABLE)
+    outcomes = evaluate(
+        parse_rules(["cid[-1] > -1.5", "cid[0] > -1.5", "cid[shallow] <= -2", "delta_cid[1] < 0"]), TABLE
+    )
     assert [(o.layer, o.value, o.failed) for o in outcomes] == [
-        ("deep", -1.2, True), ("shallow", -2.0, False), ("shallow", -2.0, True), ("middle", None, True)]
+        ("deep", -1.2, True),
+        ("shallow", -2.0, False),
+        ("shallow", -2.0, True),
+        ("middle", None, True),
+    ]
     assert outcomes[0].n_images == 3
     # A layer without a converged image cannot pass a gate: it fails, saying why.
     assert outcomes[3].reason == "no converged result to judge"
@@ -111,10 +124,18 @@ def test_analyze_fail_if_exit_codes(tmp_path):
 
     image = sorted((DEFAULT_MODEL.parent / "images").glob("*.png"))[0]
     quick = ["--steps", "20", "--samples", "8", "--layer", "-1", "--out"]
-    bad = subprocess.run([*cli, "analyze", str(DEFAULT_MODEL), str(image), *quick, str(tmp_path / "a"),
-                          "--fail-if", "cid[0] >> 1"], capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(
+        [*cli, "analyze", str(DEFAULT_MODEL), str(image), *quick, str(tmp_path / "a"), "--fail-if", "cid[0] >> 1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: --fail-if"), bad.stderr
-    held = subprocess.run([*cli, "analyze", str(DEFAULT_MODEL), str(image), *quick, str(tmp_path / "b"),
-                           "--fail-if", "cid[-1] > -100"], capture_output=True, text=True, timeout=600)
+    held = subprocess.run(
+        [*cli, "analyze", str(DEFAULT_MODEL), str(image), *quick, str(tmp_path / "b"), "--fail-if", "cid[-1] > -100"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert held.returncode == 1, held.stderr
     assert "audit failed" in held.stderr and (tmp_path / "b" / "report.json").is_file()

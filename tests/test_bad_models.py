@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
 from onnx_graphs import save, small_cnn
 
 CLI = [sys.executable, "-m", "onnx_infodiscard_cli.main"]
@@ -75,8 +74,11 @@ def test_text_file(tmp_path):
 def test_graph_with_no_input(tmp_path):
     weight = numpy_helper.from_array(np.ones((1, 3, 4, 4), np.float32), "c")
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["c"], ["y"], name="relu")], "no_input", [],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])], [weight],
+        [helper.make_node("Relu", ["c"], ["y"], name="relu")],
+        "no_input",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [weight],
     )
     path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
     assert_one_line_error(run_check(path), 2, "no input")
@@ -143,7 +145,9 @@ def test_graph_with_a_cycle(tmp_path):
         helper.make_node("Relu", ["a_out"], ["b_out"], name="b"),
     ]
     graph = helper.make_graph(
-        nodes, "cycle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        nodes,
+        "cycle",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("b_out", TensorProto.FLOAT, [1, 3, 8, 8])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -179,7 +183,9 @@ def test_absurd_input_shape_is_refused_with_the_estimate(tmp_path):
 
 
 def test_unknown_layer_name_lists_three_close_names(tmp_path):
-    line = assert_one_line_error(run_check(save(small_cnn(), tmp_path / "m.onnx"), "--layer", "relu_outt"), 2, "unknown layer")
+    line = assert_one_line_error(
+        run_check(save(small_cnn(), tmp_path / "m.onnx"), "--layer", "relu_outt"), 2, "unknown layer"
+    )
     suggestions = line.split("did you mean", 1)[1]
     assert suggestions.count("'") == 6 and "'relu_out'" in suggestions
 
@@ -197,8 +203,11 @@ def test_layer_constant_with_respect_to_the_input(tmp_path):
         helper.make_node("Relu", ["conv_out"], ["y"], name="relu"),
     ]
     graph = helper.make_graph(
-        nodes, "constant_branch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], inits,
+        nodes,
+        "constant_branch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+        inits,
     )
     path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
     assert_one_line_error(run_check(path, "--layer", "scaled"), 2, "'scaled'", "constant with respect to the input")

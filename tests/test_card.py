@@ -35,8 +35,9 @@ DYNAMO = MODELS / "torch_dynamo_digits" / "torch_dynamo_digits.onnx"
 
 def infodiscard(*args: str) -> subprocess.CompletedProcess:
     """`infodiscard ...` in a fresh process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "onnx_infodiscard_cli.main", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "onnx_infodiscard_cli.main", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture
@@ -49,17 +50,20 @@ def bare(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("text, key, value", [
-    ("layout=nhwc", "layout", "nhwc"),
-    ("scale=255", "preprocessing.scale", 255),
-    ("preprocessing.bgr=true", "preprocessing.bgr", True),
-    ("mean=0.1307", "preprocessing.mean", [0.1307]),
-    ("std=0.229,0.224,0.225", "preprocessing.std", [0.229, 0.224, 0.225]),
-    ("suggested_layers=relu,relu_2", "suggested_layers", ["relu", "relu_2"]),
-    ('suggested_layers=["a,b"]', "suggested_layers", ["a,b"]),
-    ("classes=zero, one", "classes", ["zero", "one"]),
-    ("note=any text: even = signs", "note", "any text: even = signs"),
-])
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        ("layout=nhwc", "layout", "nhwc"),
+        ("scale=255", "preprocessing.scale", 255),
+        ("preprocessing.bgr=true", "preprocessing.bgr", True),
+        ("mean=0.1307", "preprocessing.mean", [0.1307]),
+        ("std=0.229,0.224,0.225", "preprocessing.std", [0.229, 0.224, 0.225]),
+        ("suggested_layers=relu,relu_2", "suggested_layers", ["relu", "relu_2"]),
+        ('suggested_layers=["a,b"]', "suggested_layers", ["a,b"]),
+        ("classes=zero, one", "classes", ["zero", "one"]),
+        ("note=any text: even = signs", "note", "any text: even = signs"),
+    ],
+)
 def test_assignments_parse(text, key, value):
     assert parse_assignment(text) == (key, value)
 
@@ -94,8 +98,9 @@ def test_validation_names_the_fix(bare):
         validate({"suggested_layers": ["relu_9"]}, proto)
     with pytest.raises(InputError, match="card field 'layout' must be 'nchw' or 'nhwc', got 'hwc'"):
         validate({"layout": "hwc"}, proto)
-    with pytest.raises(InputError, match="card field 'preprocessing.scael' is not a known field; did you mean "
-                                         "'preprocessing.scale'"):
+    with pytest.raises(
+        InputError, match="card field 'preprocessing.scael' is not a known field; did you mean 'preprocessing.scale'"
+    ):
         validate({"preprocessing": {"scael": 2}}, proto)
 
 
@@ -114,16 +119,35 @@ def test_card_cli_round_trip(bare):
     """Set a card on an exported model; the copy carries it, the input is untouched; --show reads it."""
     before = bare.read_bytes()
     want = json.loads((DYNAMO.parent / "torch_dynamo_digits.onnx.json").read_text())
-    result = infodiscard("card", str(bare), "--set", "input=image", "--set", "layout=nchw",
-                         "--set", "mean=0.1307", "--set", "std=0.3081", "--set", "suggested_layers=relu,relu_2",
-                         "--set", "test_accuracy=0.975", "--show")
+    result = infodiscard(
+        "card",
+        str(bare),
+        "--set",
+        "input=image",
+        "--set",
+        "layout=nchw",
+        "--set",
+        "mean=0.1307",
+        "--set",
+        "std=0.3081",
+        "--set",
+        "suggested_layers=relu,relu_2",
+        "--set",
+        "test_accuracy=0.975",
+        "--show",
+    )
     assert result.returncode == 0, result.stderr
     copy = default_copy(bare)
     assert copy.name == "exported.card.onnx" and copy.is_file()
     assert bare.read_bytes() == before
     card = json.loads(result.stdout)
-    assert card == {"input": "image", "layout": "nchw", "preprocessing": {"mean": [0.1307], "std": [0.3081]},
-                    "suggested_layers": ["relu", "relu_2"], "test_accuracy": 0.975}
+    assert card == {
+        "input": "image",
+        "layout": "nchw",
+        "preprocessing": {"mean": [0.1307], "std": [0.3081]},
+        "suggested_layers": ["relu", "relu_2"],
+        "test_accuracy": 0.975,
+    }
     assert read_card(copy, onnx.load(str(copy))) == card
     assert card["preprocessing"]["mean"] == want["preprocessing"]["mean"]
     shown = infodiscard("card", str(copy))
@@ -143,10 +167,13 @@ def test_card_cli_replaces_the_input_only_when_named(bare, tmp_path):
     assert unset.returncode == 0 and embedded_card(onnx.load(str(tmp_path / "other.onnx"))) == {}
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--set", "input=imgae"], ["error: card input 'imgae'", "did you mean 'image'"]),
-    (["--set", "layout=nchw", "--out", "/nonexistent-folder/x.onnx"], ["does not exist"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--set", "input=imgae"], ["error: card input 'imgae'", "did you mean 'image'"]),
+        (["--set", "layout=nchw", "--out", "/nonexistent-folder/x.onnx"], ["does not exist"]),
+    ],
+)
 def test_card_cli_errors_are_one_line_exit_2(bare, args, words):
     result = infodiscard("card", str(bare), *args)
     assert result.returncode == 2, result.stderr
@@ -183,8 +210,11 @@ def test_an_exported_model_with_an_embedded_card_needs_no_flags(bare):
     from onnx_infodiscard.analysis import analyze
     from onnx_infodiscard.perturb import SolverSettings
 
-    write_card(bare, {"input": "image", "preprocessing": {"mean": [0.1307], "std": [0.3081]},
-                      "suggested_layers": ["relu_2"]}, bare)
+    write_card(
+        bare,
+        {"input": "image", "preprocessing": {"mean": [0.1307], "std": [0.3081]}, "suggested_layers": ["relu_2"]},
+        bare,
+    )
     image = sorted((MODELS / "digits_cnn" / "images").glob("*.png"))[0]
     report = analyze(bare, [image], settings=SolverSettings(steps=10, samples=4), device="cpu")
     assert report.preprocessing.mean == (0.1307,) and report.preprocessing.source == "model card"
@@ -212,22 +242,28 @@ def test_shipped_cards_read_unchanged(name):
     assert embedded is None or ModelCard.from_json(embedded) == card  # the embedded copy agrees
 
 
-@pytest.mark.parametrize("card, words", [
-    ({"preprocessing": {"mean": "abc"}}, "card field 'preprocessing.mean' must be a list of finite numbers, got 'abc'"),
-    ({"preprocessing": {"scale": None}}, "card field 'preprocessing.scale' must be a finite number > 0, got null"),
-    ({"preprocessing": {"std": [0.3, 0]}}, "card field 'preprocessing.std' must be a list of finite numbers > 0"),
-    (["input", "image"], "the model card must be a JSON object, got a list"),
-    ({"preprocessing": "imagenet"}, "card field 'preprocessing' must be an object"),
-    ({"input": 3}, "card field 'input' must be a non-empty string, got 3"),
-    ({"suggested_layers": "relu"}, "card field 'suggested_layers' must be a list of non-empty strings, got 'relu'"),
-    ({"layout": ["nchw"]}, "card field 'layout' must be 'nchw' or 'nhwc'"),
-    ({"test_accuracy": 97.5}, "card field 'test_accuracy' must be a number in [0, 1], got 97.5"),
-    ({"n_test": True}, "card field 'n_test' must be a whole number"),
-    ({"images": "/etc"}, "card field 'images' must be a relative path"),
-    ({"imgaes": "images"}, "card field 'imgaes' is not a known field; did you mean 'images'"),
-    ({"scale": 255}, "card field 'scale' is not a known field; did you mean 'preprocessing.scale'"),
-    ({"preprocessing": {"preset": "imagenett"}}, "card field 'preprocessing.preset' must be one of the presets"),
-])
+@pytest.mark.parametrize(
+    "card, words",
+    [
+        (
+            {"preprocessing": {"mean": "abc"}},
+            "card field 'preprocessing.mean' must be a list of finite numbers, got 'abc'",
+        ),
+        ({"preprocessing": {"scale": None}}, "card field 'preprocessing.scale' must be a finite number > 0, got null"),
+        ({"preprocessing": {"std": [0.3, 0]}}, "card field 'preprocessing.std' must be a list of finite numbers > 0"),
+        (["input", "image"], "the model card must be a JSON object, got a list"),
+        ({"preprocessing": "imagenet"}, "card field 'preprocessing' must be an object"),
+        ({"input": 3}, "card field 'input' must be a non-empty string, got 3"),
+        ({"suggested_layers": "relu"}, "card field 'suggested_layers' must be a list of non-empty strings, got 'relu'"),
+        ({"layout": ["nchw"]}, "card field 'layout' must be 'nchw' or 'nhwc'"),
+        ({"test_accuracy": 97.5}, "card field 'test_accuracy' must be a number in [0, 1], got 97.5"),
+        ({"n_test": True}, "card field 'n_test' must be a whole number"),
+        ({"images": "/etc"}, "card field 'images' must be a relative path"),
+        ({"imgaes": "images"}, "card field 'imgaes' is not a known field; did you mean 'images'"),
+        ({"scale": 255}, "card field 'scale' is not a known field; did you mean 'preprocessing.scale'"),
+        ({"preprocessing": {"preset": "imagenett"}}, "card field 'preprocessing.preset' must be one of the presets"),
+    ],
+)
 def test_a_wrong_field_is_one_error_naming_it(card, words):
     with pytest.raises(InputError) as err:
         ModelCard.from_json(card, "sidecar m.onnx.json")
@@ -253,14 +289,17 @@ def _model_with_sidecar(folder: Path, card: object) -> Path:
     return model
 
 
-@pytest.mark.parametrize("sets, words", [
-    (["mean=abc"], "takes numbers"),
-    (["scale=null"], "card field 'preprocessing.scale' must be a finite number > 0, got null"),
-    (["input=3"], "card field 'input' must be a non-empty string, got 3"),
-    (['suggested_layers="relu"'], "card field 'suggested_layers' must be a list of non-empty strings"),
-    (["preprocessing=imagenet"], "card field 'preprocessing' must be an object"),
-    (["std=nan"], "card field 'preprocessing.std' must be a list of finite numbers > 0"),
-])
+@pytest.mark.parametrize(
+    "sets, words",
+    [
+        (["mean=abc"], "takes numbers"),
+        (["scale=null"], "card field 'preprocessing.scale' must be a finite number > 0, got null"),
+        (["input=3"], "card field 'input' must be a non-empty string, got 3"),
+        (['suggested_layers="relu"'], "card field 'suggested_layers' must be a list of non-empty strings"),
+        (["preprocessing=imagenet"], "card field 'preprocessing' must be an object"),
+        (["std=nan"], "card field 'preprocessing.std' must be a list of finite numbers > 0"),
+    ],
+)
 def test_card_set_refuses_a_wrong_type(sets, words):
     """What `card --set` calls: the card after the change is validated, the error names the field."""
     with pytest.raises(InputError, match=re.escape(words)):
@@ -371,11 +410,29 @@ def test_any_json_is_a_card_or_one_input_error():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    scalars = st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats() | st.text(max_size=8)
-    keys = st.sampled_from(["input", "layout", "preprocessing", "scale", "mean", "std", "bgr", "preset",
-                            "classes", "suggested_layers", "images", "test_accuracy", "n_test", "note", "x"])
-    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
-                          max_leaves=6)
+    scalars = st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats() | st.text(max_size=8)
+    keys = st.sampled_from(
+        [
+            "input",
+            "layout",
+            "preprocessing",
+            "scale",
+            "mean",
+            "std",
+            "bgr",
+            "preset",
+            "classes",
+            "suggested_layers",
+            "images",
+            "test_accuracy",
+            "n_test",
+            "note",
+            "x",
+        ]
+    )
+    values = st.recursive(
+        scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=6
+    )
 
     @settings(max_examples=300, deadline=None, derandomize=True)
     @given(st.dictionaries(keys, values, max_size=5) | values)
@@ -395,8 +452,10 @@ def test_analyze_through_a_symlink_uses_the_card_beside_the_real_file(tmp_path):
     from onnx_infodiscard.analysis import analyze
     from onnx_infodiscard.perturb import SolverSettings
 
-    real = _model_with_sidecar(tmp_path / "real", {"input": "image", "suggested_layers": ["relu_2"],
-                                                   "preprocessing": {"mean": [0.1307], "std": [0.3081]}})
+    real = _model_with_sidecar(
+        tmp_path / "real",
+        {"input": "image", "suggested_layers": ["relu_2"], "preprocessing": {"mean": [0.1307], "std": [0.3081]}},
+    )
     link = tmp_path / "link.onnx"
     link.symlink_to(real)
     image = sorted((MODELS / "digits_cnn" / "images").glob("*.png"))[0]

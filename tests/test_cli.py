@@ -58,8 +58,13 @@ def markup_model(tmp_path_factory) -> Path:
         helper.make_node("Relu", ["conv[red]"], [MARKUP_NAME], name="relu[/]"),
         helper.make_node("GlobalAveragePool", [MARKUP_NAME], ["y"], name="pool"),
     ]
-    graph = helper.make_graph(nodes, "markup", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 1, 1])], [weight])
+    graph = helper.make_graph(
+        nodes,
+        "markup",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 1, 1])],
+        [weight],
+    )
     folder = tmp_path_factory.mktemp("m") / "x[" / "red]"  # the path reads .../x[/red]/[bold]model.onnx
     folder.mkdir(parents=True)
     path = folder / "[bold]model.onnx"
@@ -67,58 +72,74 @@ def markup_model(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["analyze", "--tau", "inf"], ["--tau", "> 0"]),
-    (["analyze", "--tau", "nan"], ["--tau"]),
-    (["analyze", "--tau", "0"], ["--tau", "> 0"]),
-    (["analyze", "--sigma-max", "inf"], ["--sigma-max"]),
-    (["analyze", "--std", "nan"], ["--std"]),
-    (["analyze", "--std", "0.5,0"], ["--std", "positive"]),
-    (["analyze", "--mean", "1,inf"], ["--mean"]),
-    (["analyze", "--scale", "inf"], ["--scale"]),
-    (["analyze", "--scale", "-1"], ["--scale"]),
-    (["check", "m.onnx", "--tolerance", "nan"], ["--tolerance"]),
-    (["analyze", "--seed", str(2**64)], ["--seed", str(2**63 - 1)]),
-    (["analyze", "--seed", "-1"], ["--seed"]),
-    (["analyze", "--steps", "1000000000000"], ["--steps", "1000000"]),
-    (["analyze", "--steps", "0"], ["--steps"]),
-    (["analyze", "--samples", "0"], ["--samples"]),
-    (["analyze", "--grid", "0"], ["--grid"]),
-    (["analyze", "--input-shape", "1,28"], ["--input-shape", "four positive sizes"]),
-    (["analyze", "--input-shape", "1,1,-28,28"], ["--input-shape", "four positive sizes"]),
-    (["analyze", "--input-shape", "1,a,2,2"], ["--input-shape"]),
-    (["analyze", "--fg", "0,0,inf,3"], ["--fg"]),
-    (["analyze", "--fg", "1,2,3"], ["--fg"]),
-    (["localize", "--overlays", "-1"], ["--overlays"]),
-    (["compare", "a.onnx", "--steps", "-5"], ["--steps"]),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["analyze", "--tau", "inf"], ["--tau", "> 0"]),
+        (["analyze", "--tau", "nan"], ["--tau"]),
+        (["analyze", "--tau", "0"], ["--tau", "> 0"]),
+        (["analyze", "--sigma-max", "inf"], ["--sigma-max"]),
+        (["analyze", "--std", "nan"], ["--std"]),
+        (["analyze", "--std", "0.5,0"], ["--std", "positive"]),
+        (["analyze", "--mean", "1,inf"], ["--mean"]),
+        (["analyze", "--scale", "inf"], ["--scale"]),
+        (["analyze", "--scale", "-1"], ["--scale"]),
+        (["check", "m.onnx", "--tolerance", "nan"], ["--tolerance"]),
+        (["analyze", "--seed", str(2**64)], ["--seed", str(2**63 - 1)]),
+        (["analyze", "--seed", "-1"], ["--seed"]),
+        (["analyze", "--steps", "1000000000000"], ["--steps", "1000000"]),
+        (["analyze", "--steps", "0"], ["--steps"]),
+        (["analyze", "--samples", "0"], ["--samples"]),
+        (["analyze", "--grid", "0"], ["--grid"]),
+        (["analyze", "--input-shape", "1,28"], ["--input-shape", "four positive sizes"]),
+        (["analyze", "--input-shape", "1,1,-28,28"], ["--input-shape", "four positive sizes"]),
+        (["analyze", "--input-shape", "1,a,2,2"], ["--input-shape"]),
+        (["analyze", "--fg", "0,0,inf,3"], ["--fg"]),
+        (["analyze", "--fg", "1,2,3"], ["--fg"]),
+        (["localize", "--overlays", "-1"], ["--overlays"]),
+        (["compare", "a.onnx", "--steps", "-5"], ["--steps"]),
+    ],
+)
 def test_numbers_are_checked_before_any_work(args, words, tmp_path):
     result = cli(*args, *(["--out", str(tmp_path / "r")] if args[0] != "check" else []))
     assert_one_error(result, 2, *words)
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["analyze", "--bogus"], ["No such option: --bogus"]),
-    (["analyze", "--precision", "fp8"], ["--precision", "bf16"]),
-    (["analyze", "--memory-format", "nhwc"], ["--memory-format", "channels_last"]),
-    (["analyze", "--device", "tpu"], ["--device", "cpu"]),
-    (["analyze", "--layout", "chw"], ["--layout", "nhwc"]),
-    (["analyze", "--tau", "abc"], ["--tau"]),
-    (["analyze", "--steps"], ["--steps"]),
-    (["compare"], ["Missing argument"]),
-    (["nosuch"], ["No such command"]),
-    (["--bogus", "analyze"], ["No such option"]),
-    (["analyze", "--fail-if", "cid[0] >> 1"], ["--fail-if", "METRIC[LAYER] OP NUMBER"]),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["analyze", "--bogus"], ["No such option: --bogus"]),
+        (["analyze", "--precision", "fp8"], ["--precision", "bf16"]),
+        (["analyze", "--memory-format", "nhwc"], ["--memory-format", "channels_last"]),
+        (["analyze", "--device", "tpu"], ["--device", "cpu"]),
+        (["analyze", "--layout", "chw"], ["--layout", "nhwc"]),
+        (["analyze", "--tau", "abc"], ["--tau"]),
+        (["analyze", "--steps"], ["--steps"]),
+        (["compare"], ["Missing argument"]),
+        (["nosuch"], ["No such command"]),
+        (["--bogus", "analyze"], ["No such option"]),
+        (["analyze", "--fail-if", "cid[0] >> 1"], ["--fail-if", "METRIC[LAYER] OP NUMBER"]),
+    ],
+)
 def test_usage_errors_are_one_line_exit_2(args, words):
     assert_one_error(cli(*args), 2, *words)
 
 
 def test_layout_is_case_insensitive_and_choices_reach_the_library(tmp_path):
     # The model does not exist: every option before it was accepted.
-    result = cli("analyze", str(tmp_path / "none.onnx"), "--layout", "NHWC", "--precision", "bf16",
-                 "--device", "cpu", "--out", str(tmp_path / "r"))
+    result = cli(
+        "analyze",
+        str(tmp_path / "none.onnx"),
+        "--layout",
+        "NHWC",
+        "--precision",
+        "bf16",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert_one_error(result, 2, "none.onnx")
 
 
@@ -130,11 +151,14 @@ def test_library_errors_render_their_option_as_a_flag(monkeypatch):
     assert_one_error(cli("layers", "m.onnx"), 2, "error: --input-shape: bad value")
 
 
-@pytest.mark.parametrize(("error", "code"), [
-    (AuditFailed("audit failed: 1 of 1 rule(s) held"), 1),
-    (InputError("x"), 2),
-    (NotConverged("3 image/layer results did not converge"), 4),
-])
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (AuditFailed("audit failed: 1 of 1 rule(s) held"), 1),
+        (InputError("x"), 2),
+        (NotConverged("3 image/layer results did not converge"), 4),
+    ],
+)
 def test_each_error_class_has_its_exit_code(monkeypatch, error, code):
     monkeypatch.setattr(layers_command, "open_model", lambda *a, **k: (_ for _ in ()).throw(error))
     assert isinstance(error, InfodiscardError) and error.exit_code == code
@@ -165,7 +189,7 @@ def test_ctrl_c_inside_a_command_is_exit_130(monkeypatch):
 
 def test_dependency_warnings_stay_off_stderr_unless_debug(monkeypatch):
     def noisy(*args, **kwargs):
-        warnings.warn("Pillow says something", UserWarning)
+        warnings.warn("Pillow says something", UserWarning, stacklevel=2)
         raise InputError("stop here")
 
     monkeypatch.setattr(layers_command, "open_model", noisy)
@@ -197,7 +221,8 @@ def test_check_json_is_built_by_the_library_with_node_name(markup_model):
     summary = json.loads(result.stdout)
     assert summary["passed"] is True and summary["input"] == {"name": "x", "shape": [1, 1, 8, 8]}
     assert [(layer["name"], layer["node_name"], layer["op_type"]) for layer in summary["layers"]] == [
-        (MARKUP_NAME, "relu[/]", "Relu")]
+        (MARKUP_NAME, "relu[/]", "Relu")
+    ]
     listed = json.loads(cli("layers", str(markup_model), "--json").stdout)
     assert {"node_name", "name", "op_type", "shape", "depth", "index"} == set(listed[0])
 

@@ -18,8 +18,9 @@ IMAGES = DEFAULT_MODEL.parent / "images"
 
 
 def infodiscard(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnx_infodiscard_cli.main", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "onnx_infodiscard_cli.main", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
@@ -47,7 +48,8 @@ def test_default_model_and_images_need_no_arguments(tmp_path):
     summary = json.loads(result.stdout)
     assert summary["images"] == len(list(IMAGES.glob("*.png")))
     assert [row["layer"] for row in summary["layers"]] == json.loads(
-        (DEFAULT_MODEL.parent / "digits_cnn.onnx.json").read_text())["suggested_layers"]
+        (DEFAULT_MODEL.parent / "digits_cnn.onnx.json").read_text()
+    )["suggested_layers"]
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["sha256"] and report["preprocessing"]["mean"] == [0.1307]
     assert report["parameters"]["foreground"].startswith("boxes")  # the card's boxes
@@ -59,8 +61,18 @@ def test_default_model_and_images_need_no_arguments(tmp_path):
 
 
 def test_converged_run_exits_zero_and_reports_d_over_tau(two_digits, tmp_path):
-    result = infodiscard("analyze", str(DEFAULT_MODEL), str(two_digits), "-l", "/relu2/Relu_output_0",
-                         "--fg", "center", "--out", str(tmp_path / "r"), "--json")
+    result = infodiscard(
+        "analyze",
+        str(DEFAULT_MODEL),
+        str(two_digits),
+        "-l",
+        "/relu2/Relu_output_0",
+        "--fg",
+        "center",
+        "--out",
+        str(tmp_path / "r"),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["converged"] is True
@@ -68,8 +80,19 @@ def test_converged_run_exits_zero_and_reports_d_over_tau(two_digits, tmp_path):
 
 
 def test_a_run_that_cannot_converge_says_so_and_exits_4(two_digits, tmp_path):
-    result = infodiscard("analyze", str(DEFAULT_MODEL), str(two_digits), "--steps", "1", "--samples", "1",
-                         "--sigma-max", "0.001", "--out", str(tmp_path / "r"))
+    result = infodiscard(
+        "analyze",
+        str(DEFAULT_MODEL),
+        str(two_digits),
+        "--steps",
+        "1",
+        "--samples",
+        "1",
+        "--sigma-max",
+        "0.001",
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert result.returncode == 4
     assert "did not converge" in result.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
@@ -126,8 +149,19 @@ def test_boxes_csv_drives_concentration(two_digits, tmp_path):
     names = sorted(p.name for p in two_digits.glob("*.png"))
     csv = tmp_path / "boxes.csv"
     csv.write_text("label,file,y0,x0,y1,x1\n" + "".join(f"d,{n},6,6,22,22\n" for n in names))
-    result = infodiscard("analyze", str(DEFAULT_MODEL), str(two_digits), *QUICK, "--fg-boxes", str(csv),
-                         "-l", "/relu3/Relu_output_0", "--out", str(tmp_path / "r"), "--json")
+    result = infodiscard(
+        "analyze",
+        str(DEFAULT_MODEL),
+        str(two_digits),
+        *QUICK,
+        "--fg-boxes",
+        str(csv),
+        "-l",
+        "/relu3/Relu_output_0",
+        "--out",
+        str(tmp_path / "r"),
+        "--json",
+    )
     assert result.returncode in (0, 4), result.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert all(r["concentration"] is not None for r in report["results"])

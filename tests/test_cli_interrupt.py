@@ -35,11 +35,17 @@ def _wait_for_library(pid: int, name: str, timeout: float = 120) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc to see what the process imports")
-@pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGINT, 130, "error: interrupted"),
-                                                      (signal.SIGTERM, 143, "error: terminated")])
+@pytest.mark.parametrize(
+    ("signum", "code", "line"), [(signal.SIGINT, 130, "error: interrupted"), (signal.SIGTERM, 143, "error: terminated")]
+)
 def test_a_signal_while_importing(tmp_path, signum, code, line):
-    process = subprocess.Popen([*CLI, "analyze", "--out", str(tmp_path / "r")], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=ENV)
+    process = subprocess.Popen(
+        [*CLI, "analyze", "--out", str(tmp_path / "r")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     _wait_for_library(process.pid, "numpy")  # the first compiled dependency the app imports; torch follows
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
@@ -51,8 +57,9 @@ def test_a_signal_while_importing(tmp_path, signum, code, line):
 def test_ctrl_c_while_solving_leaves_no_report_and_a_rerun_works(tmp_path):
     out = tmp_path / "r"
     args = [*CLI, "--debug", "analyze", str(DEFAULT_MODEL), str(IMAGE), "-l", "-1", "--samples", "4", "--out", str(out)]
-    process = subprocess.Popen([*args, "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=ENV)
+    process = subprocess.Popen(
+        [*args, "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     lines = []
     for line in process.stderr:  # --debug prints a line when each stage starts
         lines.append(line)

@@ -48,8 +48,19 @@ def test_folder_is_complete_and_small(card):
     assert (FOLDER / "images" / "boxes.csv").is_file()
     shipped = [p for p in FOLDER.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     assert sum(p.stat().st_size for p in shipped) < 1_500_000
-    for key in ("input", "layout", "preprocessing", "classes", "test_accuracy", "n_test", "suggested_layers",
-                "images", "foreground_boxes", "dataset", "exporter"):
+    for key in (
+        "input",
+        "layout",
+        "preprocessing",
+        "classes",
+        "test_accuracy",
+        "n_test",
+        "suggested_layers",
+        "images",
+        "foreground_boxes",
+        "dataset",
+        "exporter",
+    ):
         assert key in card, key
     assert card["input"] == "image" and card["layout"] == "nchw"
     assert card["classes"] == [str(c) for c in range(10)]
@@ -87,7 +98,7 @@ def test_images_and_boxes_agree(benchmark):
             assert img.mode == "L" and img.size == (SIZE, SIZE)
     assert np.bincount(labels, minlength=10).tolist() == [20] * 10
     # Digits are not centred and cover a minority of the image.
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / SIZE ** 2
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / SIZE**2
     assert areas.mean() < 0.3 and areas.max() < 0.5
 
 
@@ -115,7 +126,7 @@ def _control_maps(image: np.ndarray) -> dict[str, np.ndarray]:
         "inverted brightness": 1.0 - x,
         "local contrast": np.sqrt(np.maximum(ndimage.uniform_filter(x * x, 5) - mean * mean, 0.0)),
         "edge magnitude": np.hypot(ndimage.sobel(x, 0), ndimage.sobel(x, 1)),
-        "centred prior": np.exp(-((rows - centre) ** 2 + (cols - centre) ** 2) / (2 * sigma ** 2)),
+        "centred prior": np.exp(-((rows - centre) ** 2 + (cols - centre) ** 2) / (2 * sigma**2)),
     }
 
 

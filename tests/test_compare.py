@@ -23,8 +23,9 @@ QUICK = ["--steps", "20", "--samples", "8"]
 
 def infodiscard(*args: str) -> subprocess.CompletedProcess:
     """`infodiscard ...` in a fresh process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "onnx_infodiscard_cli.main", *args], capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "onnx_infodiscard_cli.main", *args], capture_output=True, text=True, timeout=900
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,13 @@ def two_digits() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def comparison(two_digits):
-    return compare(SHIPPED, two_digits, settings=SolverSettings(steps=20, samples=8), device="cpu",
-                   rules=parse_rules(["cid[-1] > 100", "concentration[0] > 100"]))
+    return compare(
+        SHIPPED,
+        two_digits,
+        settings=SolverSettings(steps=20, samples=8),
+        device="cpu",
+        rules=parse_rules(["cid[-1] > 100", "concentration[0] > 100"]),
+    )
 
 
 def test_every_model_every_suggested_layer_with_its_depth(comparison):
@@ -70,7 +76,8 @@ def test_rules_are_judged_on_every_model(comparison):
     # Neither threshold can hold; a rule fails only on a layer without a converged image.
     assert all(o.failed == (o.value is None) for o in comparison.outcomes)
     assert {o.layer for o in comparison.outcomes if o.rule == rules[0]} == {
-        [r for r in comparison.rows if r.model == m][-1].layer for m in comparison.models}
+        [r for r in comparison.rows if r.model == m][-1].layer for m in comparison.models
+    }
 
 
 def test_display_names_stay_apart():
@@ -81,9 +88,22 @@ def test_display_names_stay_apart():
 def test_cli_compare_three_models_fail_if_exit_1(tmp_path, two_digits):
     """End to end: three models, a rule that holds: exit 1, one error line, outputs written with outcomes."""
     out = tmp_path / "cmp"
-    result = infodiscard("compare", *map(str, SHIPPED), "--images", str(two_digits[0]), "--images",
-                         str(two_digits[1]), *QUICK, "--out", str(out), "--json",
-                         "--fail-if", "cid[-1] > -100", "--fail-if", "cid[0] > 100")
+    result = infodiscard(
+        "compare",
+        *map(str, SHIPPED),
+        "--images",
+        str(two_digits[0]),
+        "--images",
+        str(two_digits[1]),
+        *QUICK,
+        "--out",
+        str(out),
+        "--json",
+        "--fail-if",
+        "cid[-1] > -100",
+        "--fail-if",
+        "cid[0] > 100",
+    )
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: audit failed: 3 of 6"), result.stderr
@@ -99,19 +119,33 @@ def test_cli_compare_three_models_fail_if_exit_1(tmp_path, two_digits):
 def test_cli_compare_rules_that_hold_nowhere_pass(tmp_path, two_digits):
     out = tmp_path / "cmp"
     # graph index -3: each model's last ReLU (before the pooling and the head)
-    result = infodiscard("compare", *map(str, SHIPPED[1:]), "--images", str(two_digits[0]), "--layers", "-3",
-                         *QUICK, "--out", str(out), "--fail-if", "delta_cid[-1] > 100")
+    result = infodiscard(
+        "compare",
+        *map(str, SHIPPED[1:]),
+        "--images",
+        str(two_digits[0]),
+        "--layers",
+        "-3",
+        *QUICK,
+        "--out",
+        str(out),
+        "--fail-if",
+        "delta_cid[-1] > 100",
+    )
     assert result.returncode in (0, 4), result.stderr  # 4 only if a result missed its budget at 20 steps
     data = json.loads((out / "comparison.json").read_text())
     assert data["audit"]["failed"] is (False if result.returncode == 0 else data["audit"]["failed"])
     assert [row["op_type"] for row in data["table"]] == ["Relu", "Relu"] and "comparison:" in result.stdout
 
 
-@pytest.mark.parametrize("args, code, words", [
-    (["--fail-if", "cid[-1] >> 1"], 2, ["error: --fail-if: 'cid[-1] >> 1'", "METRIC[LAYER] OP NUMBER"]),
-    (["--fail-if", "cdi[0] > 1"], 2, ["unknown metric 'cdi'", "did you mean 'cid'"]),
-    (["--steps", "0"], 2, ["--steps: 0"]),
-])
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (["--fail-if", "cid[-1] >> 1"], 2, ["error: --fail-if: 'cid[-1] >> 1'", "METRIC[LAYER] OP NUMBER"]),
+        (["--fail-if", "cdi[0] > 1"], 2, ["unknown metric 'cdi'", "did you mean 'cid'"]),
+        (["--steps", "0"], 2, ["--steps: 0"]),
+    ],
+)
 def test_cli_compare_bad_input_exit_2_before_any_work(tmp_path, args, code, words):
     result = infodiscard("compare", *map(str, SHIPPED), "--out", str(tmp_path / "cmp"), *args)
     assert result.returncode == code, result.stderr

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphs as G
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-import onnx_graphs as G
 from onnx_infodiscard.check import open_model, prepare
 from onnx_infodiscard.convert import convert
 from onnx_infodiscard.crosscheck import (
-    DEFAULT_RTOL, MAX_RTOL, SAFETY, SCALE_FLOOR, cross_check, judge, ort_session, sensitivity,
+    DEFAULT_RTOL,
+    MAX_RTOL,
+    SAFETY,
+    SCALE_FLOOR,
+    cross_check,
+    judge,
+    ort_session,
+    sensitivity,
 )
 from onnx_infodiscard.errors import ConversionError
 from onnx_infodiscard.layers import list_layers, select_layers
@@ -28,8 +35,13 @@ def ill_conditioned_graph() -> onnx.ModelProto:
         helper.make_node("Sub", ["kx", "k"], ["d"], name="difference"),
         helper.make_node("Relu", ["d"], ["y"], name="relu"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 16, 16])], [k])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 16, 16])],
+        [k],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 

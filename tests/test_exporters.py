@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphs as G
 import pytest
 import torch
 from onnx import numpy_helper
 
-import onnx_graphs as G
 from onnx_infodiscard.check import prepare
 
 EXPORTS = [("torchscript", 13), ("torchscript", 17), ("dynamo", 18)]
@@ -31,7 +31,9 @@ def _export(factory, tmp_path_factory, name: str, exporter: str, opset: int):
     return model, path
 
 
-@pytest.fixture(scope="module", params=[(m, e, o) for m in CNNS for e, o in EXPORTS], ids=lambda p: f"{p[0]}-{p[1]}{p[2]}")
+@pytest.fixture(
+    scope="module", params=[(m, e, o) for m in CNNS for e, o in EXPORTS], ids=lambda p: f"{p[0]}-{p[1]}{p[2]}"
+)
 def exported_cnn(request, tmp_path_factory):
     """(torch model, path, prepared pipeline at every layer of the graph) for one export."""
     name, exporter, opset = request.param

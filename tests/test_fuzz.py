@@ -15,7 +15,8 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
 
 from onnx_infodiscard.embedded import DEFAULT_MODEL
 from onnx_infodiscard_cli import main
@@ -25,9 +26,11 @@ IMAGE = sorted((DEFAULT_MODEL.parent / "images").glob("*.png"))[0]
 FAST = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 # The library's card and CSV validation (#15.2) lives in card.py/preprocess.py/images.py; until it
 # lands these find crashes (exit 70). Strict: the mark must go when they pass. No shrinking, to bound CI time.
-PENDING = pytest.mark.xfail(strict=True, raises=AssertionError,
-                            reason="card JSON / boxes CSV validation of #15.2 (card, preprocess, images) "
-                                   "not merged yet")
+PENDING = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="card JSON / boxes CSV validation of #15.2 (card, preprocess, images) not merged yet",
+)
 NO_SHRINK = [Phase.explicit, Phase.generate]
 
 
@@ -54,6 +57,7 @@ def assert_contract(folder: Path, before: set[str], code: int, stderr: str, code
 
 # --- numeric options ----------------------------------------------------------------------------
 
+
 def _finite(low: float | None = None, high: float | None = None, low_open: bool = False):
     def ok(v: float) -> bool:
         above = low is None or (v > low if low_open else v >= low)
@@ -62,10 +66,17 @@ def _finite(low: float | None = None, high: float | None = None, low_open: bool 
     return ok
 
 
-FLOAT_OPTIONS = {"--tau": _finite(0, low_open=True), "--sigma-max": _finite(0, low_open=True),
-                 "--scale": _finite(0, low_open=True)}
-INT_OPTIONS = {"--steps": (1, MAX_STEPS), "--samples": (1, MAX_SAMPLES), "--grid": (1, MAX_GRID),
-               "--seed": (0, MAX_SEED)}
+FLOAT_OPTIONS = {
+    "--tau": _finite(0, low_open=True),
+    "--sigma-max": _finite(0, low_open=True),
+    "--scale": _finite(0, low_open=True),
+}
+INT_OPTIONS = {
+    "--steps": (1, MAX_STEPS),
+    "--samples": (1, MAX_SAMPLES),
+    "--grid": (1, MAX_GRID),
+    "--seed": (0, MAX_SEED),
+}
 
 numbers = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
@@ -94,8 +105,9 @@ def test_numeric_options(option, value):
     text = repr(value) if isinstance(value, float) else str(value)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        code, _, stderr = run_in(folder, "analyze", str(folder / "missing.onnx"), option, text,
-                                 "--out", str(folder / "out"))
+        code, _, stderr = run_in(
+            folder, "analyze", str(folder / "missing.onnx"), option, text, "--out", str(folder / "out")
+        )
         line = assert_contract(folder, set(), code, stderr, codes=(2,))
     if _valid(option, text):
         assert "missing.onnx" in line, line  # accepted: the run went on to the (missing) model
@@ -103,8 +115,9 @@ def test_numeric_options(option, value):
         assert line.startswith(f"error: {option}") or "requires an argument" in line, line
 
 
-vector = st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 300)),
-                  min_size=0, max_size=5)
+vector = st.lists(
+    st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 300)), min_size=0, max_size=5
+)
 
 
 @FAST
@@ -113,8 +126,9 @@ def test_list_options(option, values):
     text = ",".join(repr(v) if isinstance(v, float) else str(v) for v in values)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        code, _, stderr = run_in(folder, "analyze", str(folder / "missing.onnx"), option, text or "x",
-                                 "--out", str(folder / "out"))
+        code, _, stderr = run_in(
+            folder, "analyze", str(folder / "missing.onnx"), option, text or "x", "--out", str(folder / "out")
+        )
         line = assert_contract(folder, set(), code, stderr, codes=(2,))
     finite = all(math.isfinite(v) for v in values)
     if not values or not finite:
@@ -124,7 +138,7 @@ def test_list_options(option, values):
 # --- model cards --------------------------------------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers(-10**6, 10**6) | st.text(max_size=8),
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers(-(10**6), 10**6) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
     max_leaves=6,
 )
@@ -133,8 +147,9 @@ PREPROCESSING_KEYS = ["preset", "scale", "mean", "std", "layout", "bgr"]
 cards = st.one_of(
     json_values,
     st.dictionaries(st.sampled_from(CARD_KEYS), json_values, max_size=4),
-    st.fixed_dictionaries({"preprocessing": st.dictionaries(st.sampled_from(PREPROCESSING_KEYS), json_values,
-                                                            max_size=4)}),
+    st.fixed_dictionaries(
+        {"preprocessing": st.dictionaries(st.sampled_from(PREPROCESSING_KEYS), json_values, max_size=4)}
+    ),
 )
 
 
@@ -146,8 +161,13 @@ def model_folder(tmp_path_factory) -> Path:
 
 
 @PENDING
-@settings(max_examples=25, deadline=None, database=None, phases=NO_SHRINK,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    phases=NO_SHRINK,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(card=cards)
 @example(card=None)  # seen crashing (AttributeError), so the strict mark holds until the fix lands
 @example(card={"preprocessing": {"mean": "a"}})
@@ -156,15 +176,25 @@ def test_model_cards(model_folder, card):
     (model_folder / "model.onnx.json").write_text(json.dumps(card))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        code, _, stderr = run_in(folder, "analyze", str(model_folder / "model.onnx"), str(folder / "missing.png"),
-                                 "--out", str(folder / "out"))
+        code, _, stderr = run_in(
+            folder,
+            "analyze",
+            str(model_folder / "model.onnx"),
+            str(folder / "missing.png"),
+            "--out",
+            str(folder / "out"),
+        )
         assert_contract(folder, set(), code, stderr, codes=(2,))
 
 
 # --- boxes CSVs ---------------------------------------------------------------------------------
 
-cells = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.integers(-10, 40).map(str),
-                  st.text(alphabet=string.printable, max_size=5), st.just(IMAGE.name))
+cells = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-10, 40).map(str),
+    st.text(alphabet=string.printable, max_size=5),
+    st.just(IMAGE.name),
+)
 headers = st.permutations(["file", "x0", "y0", "x1", "y1", "label"]).map(lambda cols: cols[: 4 + len(cols) % 3])
 
 
@@ -180,6 +210,16 @@ def test_boxes_csv(header, rows, bom):
         csv = folder / "boxes.csv"
         text = ",".join(header) + "\n" + "".join(",".join(row) + "\n" for row in rows)
         csv.write_text(("\ufeff" if bom else "") + text)
-        code, _, stderr = run_in(folder, "analyze", str(DEFAULT_MODEL), str(IMAGE), "--fg-boxes", str(csv),
-                                 "-l", "no_such_layer", "--out", str(folder / "out"))
+        code, _, stderr = run_in(
+            folder,
+            "analyze",
+            str(DEFAULT_MODEL),
+            str(IMAGE),
+            "--fg-boxes",
+            str(csv),
+            "-l",
+            "no_such_layer",
+            "--out",
+            str(folder / "out"),
+        )
         assert_contract(folder, {"boxes.csv"}, code, stderr, codes=(2,))

@@ -65,14 +65,17 @@ def test_a_decompression_bomb_is_one_line_naming_file_and_size(tmp_path, monkeyp
     assert "huge.png: too large to decode safely" in message and "160000 pixels" in message and "\n" not in message
 
 
-@pytest.mark.parametrize("array, words", [
-    (np.zeros((0, 0), np.float32), "array of shape (0, 0) has no pixels"),
-    (np.zeros((28, 28), np.complex64), "complex values (complex64); give a real array"),
-    (np.zeros((28, 28), np.int64), "int64 values; give uint8 (0..255), uint16 (0..65535) or floats in [0, 1]"),
-    (np.full((28, 28), 2.0, np.float32), "float32 float values must lie in [0, 1]"),
-    (np.full((28, 28), np.inf, np.float64), "must be finite"),
-    (np.zeros((2, 2, 2, 2), np.float32), "array of shape (2, 2, 2, 2); give H×W, C×H×W or H×W×C"),
-])
+@pytest.mark.parametrize(
+    "array, words",
+    [
+        (np.zeros((0, 0), np.float32), "array of shape (0, 0) has no pixels"),
+        (np.zeros((28, 28), np.complex64), "complex values (complex64); give a real array"),
+        (np.zeros((28, 28), np.int64), "int64 values; give uint8 (0..255), uint16 (0..65535) or floats in [0, 1]"),
+        (np.full((28, 28), 2.0, np.float32), "float32 float values must lie in [0, 1]"),
+        (np.full((28, 28), np.inf, np.float64), "must be finite"),
+        (np.zeros((2, 2, 2, 2), np.float32), "array of shape (2, 2, 2, 2); give H×W, C×H×W or H×W×C"),
+    ],
+)
 def test_odd_npy_arrays_are_refused_clearly(tmp_path, array, words):
     path = tmp_path / "a.npy"
     np.save(path, array)

@@ -7,15 +7,15 @@ import warnings
 
 import numpy as np
 import onnx
+import onnx_graphs as G
 import pytest
 import torch
 from torch import nn
 
-import onnx_graphs as G
+from onnx_infodiscard import layouts as L
 from onnx_infodiscard.check import open_model, prepare
 from onnx_infodiscard.convert import convert, truncate
 from onnx_infodiscard.errors import InputError
-from onnx_infodiscard import layouts as L
 from onnx_infodiscard.layers import auto_layers, auto_selection, list_layers, select_layers, selection
 from onnx_infodiscard.passes import normalise
 
@@ -238,18 +238,21 @@ def test_module_weights_are_frozen(resnet_prepared):
 # --- layouts -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape, hint, expected", [
-    ((1, 256, 56, 56), "unknown", "nchw"),
-    ((1, 56, 56, 384), "unknown", "nhwc"),  # Swin-T's stage-1 map: not NCHW with C = 56
-    ((1, 56, 56, 96), "nhwc", "nhwc"),
-    ((1, 64, 112, 112), "nchw", "nchw"),
-    ((64, 49, 96), "unknown", "windows"),  # window-partitioned tokens: batch × 64 windows
-    ((1, 8, 7, 8, 7, 96), "unknown", "windows"),
-    ((1, 197, 768), "unknown", "tokens"),
-    ((1, 2048, 1, 1), "nchw", "nchw"),
-    ((1, 1000), "unknown", "vector"),
-    (None, "unknown", "unknown"),
-])
+@pytest.mark.parametrize(
+    "shape, hint, expected",
+    [
+        ((1, 256, 56, 56), "unknown", "nchw"),
+        ((1, 56, 56, 384), "unknown", "nhwc"),  # Swin-T's stage-1 map: not NCHW with C = 56
+        ((1, 56, 56, 96), "nhwc", "nhwc"),
+        ((1, 64, 112, 112), "nchw", "nchw"),
+        ((64, 49, 96), "unknown", "windows"),  # window-partitioned tokens: batch × 64 windows
+        ((1, 8, 7, 8, 7, 96), "unknown", "windows"),
+        ((1, 197, 768), "unknown", "tokens"),
+        ((1, 2048, 1, 1), "nchw", "nchw"),
+        ((1, 1000), "unknown", "vector"),
+        (None, "unknown", "unknown"),
+    ],
+)
 def test_layout_from_shape_and_producer(shape, hint, expected):
     assert L.from_shape(shape, hint, "N", 224, 224) == expected
 
@@ -277,21 +280,30 @@ def swin(tmp_path_factory):
     shapes run through Shape/Gather chains that static inference leaves unknown."""
     from torchvision.models.swin_transformer import SwinTransformer
 
-    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
-                            num_classes=10).eval()
+    model = SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4], num_classes=10
+    ).eval()
     path = tmp_path_factory.mktemp("swin") / "swin.onnx"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.rand(1, 3, 32, 32), str(path), dynamo=False, opset_version=17,
-                          input_names=["image"], dynamic_axes={"image": {0: "N"}})
+        torch.onnx.export(
+            model,
+            torch.rand(1, 3, 32, 32),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            dynamic_axes={"image": {0: "N"}},
+        )
     return open_model(path)[1]
 
 
 def test_auto_on_swin_takes_its_channels_last_maps_not_windows(swin):
     layers = list_layers(swin)
     chosen, note = auto_selection(layers)
-    assert [(layer.shape, layer.layout) for layer in chosen] == [(("N", 8, 8, 64), "nhwc")] * 2 + \
-        [(("N", 4, 4, 128), "nhwc")] * 2
+    assert [(layer.shape, layer.layout) for layer in chosen] == [(("N", 8, 8, 64), "nhwc")] * 2 + [
+        (("N", 4, 4, 128), "nhwc")
+    ] * 2
     assert "only 4" in note
     assert any(layer.layout == "windows" for layer in layers)  # the attention's partitioned tokens
     assert all(layer.layout != "windows" for layer in chosen)
@@ -309,18 +321,27 @@ def _graph_with_unknown_op() -> onnx.ModelProto:
     w1 = onnx.numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w1")
     w2 = onnx.numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w2")
     make = onnx.helper.make_node
-    nodes = [make("Conv", ["x", "w1"], ["c1"], pads=[1] * 4, name="conv1"), make("Relu", ["c1"], ["r1"], name="relu1"),
-             make("Frobnicate", ["r1"], ["f"], domain="com.example", name="frob")]
+    nodes = [
+        make("Conv", ["x", "w1"], ["c1"], pads=[1] * 4, name="conv1"),
+        make("Relu", ["c1"], ["r1"], name="relu1"),
+        make("Frobnicate", ["r1"], ["f"], domain="com.example", name="frob"),
+    ]
     name = "f"
     for i in range(2, 5):
-        nodes += [make("Conv", [name, "w2"], [f"c{i}"], pads=[1] * 4, name=f"conv{i}"),
-                  make("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        nodes += [
+            make("Conv", [name, "w2"], [f"c{i}"], pads=[1] * 4, name=f"conv{i}"),
+            make("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"),
+        ]
         name = f"r{i}"
     image = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 16, 16])
-    graph = onnx.helper.make_graph(nodes, "g", [image],
-                                   [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)], [w1, w2])
-    return onnx.helper.make_model(graph, ir_version=8, opset_imports=[onnx.helper.make_opsetid("", 17),
-                                                                      onnx.helper.make_opsetid("com.example", 1)])
+    graph = onnx.helper.make_graph(
+        nodes, "g", [image], [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)], [w1, w2]
+    )
+    return onnx.helper.make_model(
+        graph,
+        ir_version=8,
+        opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.example", 1)],
+    )
 
 
 def test_auto_says_why_it_kept_one_layer_before_an_unknown_op():

@@ -7,8 +7,19 @@ import numpy as np
 import pytest
 
 from onnx_infodiscard.localization import (
-    DEFAULT_FRACTION, best_option, box_from_map, cross_validated_accuracy, cross_validated_choice, deletion_curve,
-    deletion_score, fraction_preference, image_folds, iou, localized, pointing_hit, sweep_hits,
+    DEFAULT_FRACTION,
+    best_option,
+    box_from_map,
+    cross_validated_accuracy,
+    cross_validated_choice,
+    deletion_curve,
+    deletion_score,
+    fraction_preference,
+    image_folds,
+    iou,
+    localized,
+    pointing_hit,
+    sweep_hits,
 )
 
 
@@ -156,8 +167,10 @@ def test_deletion_score_ranks_the_used_region_first_and_is_not_dominated_by_unsu
     right, wrong = np.zeros((16, 16)), np.zeros((16, 16))
     right[2:6, 2:6], wrong[10:14, 10:14] = 1.0, 1.0
     images = rng.uniform(0.5, 1.0, (4, 1, 16, 16)).astype(np.float32)
-    curves = {name: np.stack([deletion_curve(probability, image, m, steps=16)[0] for image in images])
-              for name, m in (("right", right), ("wrong", wrong))}
+    curves = {
+        name: np.stack([deletion_curve(probability, image, m, steps=16)[0] for image in images])
+        for name, m in (("right", right), ("wrong", wrong))
+    }
     correct = np.ones(4, dtype=bool)
     score_right, score_wrong = deletion_score(curves["right"], correct), deletion_score(curves["wrong"], correct)
     assert score_right.auc < score_wrong.auc and score_right.n_images == 4

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli_analyze import assert_one_line_error, infodiscard
 from torch import nn
 
 from onnx_infodiscard.attribution import Classifier, control_map, model_map
@@ -23,7 +24,6 @@ from onnx_infodiscard.localization import iou
 from onnx_infodiscard.localize import localize
 from onnx_infodiscard.perturb import SolverSettings
 from onnx_infodiscard.preprocess import Preprocess, Preprocessing
-from test_cli_analyze import assert_one_line_error, infodiscard
 
 SIZE = 40
 REGION = (20, 6, 34, 20)  # x0, y0, x1, y1: the only pixels the known-answer model uses
@@ -37,7 +37,7 @@ class LooksAtOneRegion(nn.Module):
         self.conv = nn.Conv2d(1, 6, 3, padding=1)
         mask = torch.zeros(1, 1, SIZE, SIZE)
         x0, y0, x1, y1 = REGION
-        mask[..., y0 + 1:y1 - 1, x0 + 1:x1 - 1] = 1.0  # the conv's halo reaches one pixel further
+        mask[..., y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] = 1.0  # the conv's halo reaches one pixel further
         self.register_buffer("mask", mask)
         self.head = nn.Linear(6, 3)
         with torch.no_grad():  # positive weights: smooth, positive activations and Grad-CAM weights in the region
@@ -55,8 +55,15 @@ def known(tmp_path_factory) -> Path:
     """The model, 6 bright noise images and their boxes (all REGION), in one folder."""
     folder = tmp_path_factory.mktemp("known")
     model = LooksAtOneRegion().eval()
-    torch.onnx.export(model, (torch.rand(1, 1, SIZE, SIZE),), str(folder / "region.onnx"), dynamo=False,
-                      opset_version=13, input_names=["image"], output_names=["logits"])
+    torch.onnx.export(
+        model,
+        (torch.rand(1, 1, SIZE, SIZE),),
+        str(folder / "region.onnx"),
+        dynamo=False,
+        opset_version=13,
+        input_names=["image"],
+        output_names=["logits"],
+    )
     rng = np.random.default_rng(0)
     images = folder / "images"
     images.mkdir()
@@ -77,8 +84,7 @@ def mul_layer(path: Path) -> str:
 
 def test_every_model_map_finds_the_only_region_the_model_uses(known):
     model = known / "region.onnx"
-    result = localize(model, [known / "images"], known / "boxes.csv", [mul_layer(model)], settings=QUICK,
-                      device="cpu")
+    result = localize(model, [known / "images"], known / "boxes.csv", [mul_layer(model)], settings=QUICK, device="cpu")
     scores = {m.name: m for m in result.methods}
     for name in ("cid", "gradcam", "gradient", "ig"):
         assert scores[name].loc_acc == 1.0, (name, [image.boxes[name] for image in result.images])
@@ -96,8 +102,18 @@ def test_every_model_map_finds_the_only_region_the_model_uses(known):
 
 def test_grids_are_scored_each_and_chosen_by_cross_validation(known):
     model = known / "region.onnx"
-    result = localize(model, [known / "images"], known / "boxes.csv", [mul_layer(model)], methods=["cid"],
-                      controls=[], settings=QUICK, device="cpu", grids=(None, 10), folds=3)
+    result = localize(
+        model,
+        [known / "images"],
+        known / "boxes.csv",
+        [mul_layer(model)],
+        methods=["cid"],
+        controls=[],
+        settings=QUICK,
+        device="cpu",
+        grids=(None, 10),
+        folds=3,
+    )
     scores = {m.name: m for m in result.methods}
     assert set(scores) == {"cid@pixel", "cid@grid10"}
     assert scores["cid@pixel"].grid is None and scores["cid@grid10"].grid == 10
@@ -116,8 +132,15 @@ def test_bad_grids_and_folds_name_their_argument(known, bad):
     from onnx_infodiscard.errors import InputError
 
     with pytest.raises(InputError) as caught:
-        localize(known / "region.onnx", [known / "images"], known / "boxes.csv", methods=["gradient"], controls=[],
-                 device="cpu", **bad)
+        localize(
+            known / "region.onnx",
+            [known / "images"],
+            known / "boxes.csv",
+            methods=["gradient"],
+            controls=[],
+            device="cpu",
+            **bad,
+        )
     assert caught.value.option == next(iter(bad))
 
 
@@ -136,7 +159,7 @@ def test_gradcam_probe_matches_gradcam_from_the_layer_gradient():
     activation = features[layer]
     assert torch.allclose(classifier(images), features["logits"], atol=1e-5)
     picked = features["logits"][torch.arange(3), targets].sum()
-    gradient, = torch.autograd.grad(picked, activation)
+    (gradient,) = torch.autograd.grad(picked, activation)
     cam = torch.relu((gradient.mean((2, 3), keepdim=True) * activation).sum(1, keepdim=True))
     expected = torch.nn.functional.interpolate(cam, (28, 28), mode="bilinear").squeeze(1).detach().numpy()
     assert ours.shape == (3, 28, 28)
@@ -173,8 +196,22 @@ def benchmark_subset(tmp_path_factory) -> Path:
 
 def test_the_benchmark_runs_end_to_end_through_the_cli(benchmark_subset, tmp_path):
     out = tmp_path / "loc"
-    result = infodiscard("localize", "--images", str(benchmark_subset), "--boxes", str(benchmark_subset / "boxes.csv"),
-                         "--steps", "20", "--samples", "8", "--overlays", "2", "--out", str(out), "--json")
+    result = infodiscard(
+        "localize",
+        "--images",
+        str(benchmark_subset),
+        "--boxes",
+        str(benchmark_subset / "boxes.csv"),
+        "--steps",
+        "20",
+        "--samples",
+        "8",
+        "--overlays",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["n_images"] == 6 and summary["protocol"]["target"] == "the label column of the boxes CSV"
@@ -198,8 +235,12 @@ def test_the_benchmark_runs_end_to_end_through_the_cli(benchmark_subset, tmp_pat
 def test_bad_input_is_one_line_and_writes_nothing(benchmark_subset, tmp_path):
     out = tmp_path / "never"
     base = ["localize", "--images", str(benchmark_subset), "--out", str(out)]
-    assert_one_line_error(infodiscard(*base, "--boxes", str(benchmark_subset / "boxes.csv"), "--methods", "cid,gradcm"),
-                          2, "gradcm", "did you mean 'gradcam'")
+    assert_one_line_error(
+        infodiscard(*base, "--boxes", str(benchmark_subset / "boxes.csv"), "--methods", "cid,gradcm"),
+        2,
+        "gradcm",
+        "did you mean 'gradcam'",
+    )
     partial = tmp_path / "partial.csv"
     lines = (benchmark_subset / "boxes.csv").read_text().splitlines()
     partial.write_text("\n".join(lines[:-1]) + "\n")
@@ -220,7 +261,15 @@ def test_truth_boxes_are_scaled_to_the_model_resolution(known, tmp_path):
         rows.append([path.name, *(2 * v for v in REGION)])
     with open(tmp_path / "big.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
-    result = localize(known / "region.onnx", [images], tmp_path / "big.csv", [mul_layer(known / "region.onnx")],
-                      methods=["gradient"], controls=[], settings=QUICK, device="cpu")
+    result = localize(
+        known / "region.onnx",
+        [images],
+        tmp_path / "big.csv",
+        [mul_layer(known / "region.onnx")],
+        methods=["gradient"],
+        controls=[],
+        settings=QUICK,
+        device="cpu",
+    )
     assert all(iou(image.truth, REGION) == 1.0 for image in result.images)
     assert "no model-free control was run" in result.verdict

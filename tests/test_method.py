@@ -16,8 +16,15 @@ from onnx_infodiscard.preprocess import Preprocessing
 
 TAU = 0.1
 #: The solver oracles (METHOD §6) run on every device; CUDA shows as skipped, with its reason, where there is none.
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device here (benchmarks/gpu_check.sh runs these on a GPU)"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not torch.cuda.is_available(), reason="no CUDA device here (benchmarks/gpu_check.sh runs these on a GPU)"
+        ),
+    ),
+]
 
 
 def _solve(feature, image: torch.Tensor, device: str = "cpu", **settings):
@@ -41,7 +48,9 @@ def test_linear_layer_recovers_the_closed_form(device):
     solution = _solve(feature, image, device, sigma_max=100.0, max_standard_error=0.005)
 
     log_sigma = solution.log_sigma[0]
-    mean_entropy_error = metrics.cid(metrics.entropy_map(log_sigma)) - metrics.cid(metrics.entropy_map(np.log(sigma_true)))
+    mean_entropy_error = metrics.cid(metrics.entropy_map(log_sigma)) - metrics.cid(
+        metrics.entropy_map(np.log(sigma_true))
+    )
     assert abs(mean_entropy_error) <= 0.01
     assert np.median(np.abs(np.exp(log_sigma) / sigma_true - 1)) <= 0.05
     assert solution.converged[0] and abs(solution.d_over_tau[0] - 1) <= 0.05
@@ -139,8 +148,15 @@ class SmallCNN(nn.Module):
 
 
 def _export(module: nn.Module, path, shape) -> str:
-    torch.onnx.export(module, torch.rand(*shape), str(path), dynamo=False, opset_version=13,
-                      input_names=["image"], output_names=["out"])
+    torch.onnx.export(
+        module,
+        torch.rand(*shape),
+        str(path),
+        dynamo=False,
+        opset_version=13,
+        input_names=["image"],
+        output_names=["out"],
+    )
     return str(path)
 
 
@@ -170,8 +186,13 @@ def test_preprocessing_inside_the_graph_or_given_to_the_analyzer_gives_the_same_
     inside = _export(SmallCNN(normalise_inside=True), tmp_path / "inside.onnx", (1, 1, 16, 16))
     outside = _export(SmallCNN(), tmp_path / "outside.onnx", (1, 1, 16, 16))
     a = analyze(inside, [image_file], _relu_layers(inside), settings=FAST, preprocessing=Preprocessing())
-    b = analyze(outside, [image_file], _relu_layers(outside), settings=FAST,
-                preprocessing=Preprocessing(mean=(MEAN,), std=(STD,)))
+    b = analyze(
+        outside,
+        [image_file],
+        _relu_layers(outside),
+        settings=FAST,
+        preprocessing=Preprocessing(mean=(MEAN,), std=(STD,)),
+    )
     for ra, rb in zip(a.results, b.results):
         assert np.abs(ra.entropy - rb.entropy).max() < 0.02
         assert ra.cid == pytest.approx(rb.cid, abs=2e-3)
@@ -180,10 +201,16 @@ def test_preprocessing_inside_the_graph_or_given_to_the_analyzer_gives_the_same_
 def test_nchw_and_nhwc_exports_give_the_same_maps(tmp_path, image_file):
     nchw = _export(SmallCNN(), tmp_path / "nchw.onnx", (1, 1, 16, 16))
     nhwc = _export(SmallCNN(nhwc=True), tmp_path / "nhwc.onnx", (1, 16, 16, 1))
-    a = analyze(nchw, [image_file], _relu_layers(nchw), settings=FAST,
-                preprocessing=Preprocessing(mean=(MEAN,), std=(STD,)))
-    b = analyze(nhwc, [image_file], _relu_layers(nhwc), settings=FAST,
-                preprocessing=Preprocessing(mean=(MEAN,), std=(STD,), layout="nhwc"))
+    a = analyze(
+        nchw, [image_file], _relu_layers(nchw), settings=FAST, preprocessing=Preprocessing(mean=(MEAN,), std=(STD,))
+    )
+    b = analyze(
+        nhwc,
+        [image_file],
+        _relu_layers(nhwc),
+        settings=FAST,
+        preprocessing=Preprocessing(mean=(MEAN,), std=(STD,), layout="nhwc"),
+    )
     assert b.input_shape == (1, 16, 16, 1)
     for ra, rb in zip(a.results, b.results):
         assert np.abs(ra.entropy - rb.entropy).max() < 0.02
@@ -191,13 +218,15 @@ def test_nchw_and_nhwc_exports_give_the_same_maps(tmp_path, image_file):
 
 def test_same_seed_same_numbers_on_cpu(tmp_path, image_file):
     model = _export(SmallCNN(), tmp_path / "m.onnx", (1, 1, 16, 16))
-    runs = [analyze(model, [image_file], ["auto"], settings=FAST, device="cpu", preprocessing=NORMALISED)
-            for _ in range(2)]
+    runs = [
+        analyze(model, [image_file], ["auto"], settings=FAST, device="cpu", preprocessing=NORMALISED) for _ in range(2)
+    ]
     for ra, rb in zip(runs[0].results, runs[1].results):
         assert np.array_equal(ra.log_sigma, rb.log_sigma)
         assert ra.d_over_tau == rb.d_over_tau
-    other = analyze(model, [image_file], ["auto"], settings=SolverSettings(**{**FAST.__dict__, "seed": 1}),
-                    preprocessing=NORMALISED)
+    other = analyze(
+        model, [image_file], ["auto"], settings=SolverSettings(**{**FAST.__dict__, "seed": 1}), preprocessing=NORMALISED
+    )
     assert not np.array_equal(other.results[0].log_sigma, runs[0].results[0].log_sigma)
 
 
@@ -207,8 +236,14 @@ def test_low_precision_steps_keep_the_answers(tmp_path, image_file, precision):
     well within seed-to-seed noise, and D/τ is still measured in fp32 against the budget."""
     model = _export(SmallCNN(), tmp_path / "m.onnx", (1, 1, 16, 16))
     full = analyze(model, [image_file], _relu_layers(model), settings=FAST, device="cpu", preprocessing=NORMALISED)
-    low = analyze(model, [image_file], _relu_layers(model), settings=SolverSettings(**{**FAST.__dict__, "precision": precision}),
-                  device="cpu", preprocessing=NORMALISED)
+    low = analyze(
+        model,
+        [image_file],
+        _relu_layers(model),
+        settings=SolverSettings(**{**FAST.__dict__, "precision": precision}),
+        device="cpu",
+        preprocessing=NORMALISED,
+    )
     for a, b in zip(full.results, low.results):
         assert b.converged and abs(b.d_over_tau - 1) <= 0.05
         assert abs(a.cid - b.cid) < 0.01
@@ -222,8 +257,14 @@ def test_channels_last_keeps_the_answers_and_auto_is_contiguous_on_cpu(tmp_path,
     model = _export(SmallCNN(), tmp_path / "m.onnx", (1, 1, 16, 16))
     layers = _relu_layers(model)
     auto = analyze(model, [image_file], layers, settings=FAST, device="cpu", preprocessing=NORMALISED)
-    last = analyze(model, [image_file], layers, settings=SolverSettings(**{**FAST.__dict__, "memory_format": "channels_last"}),
-                   device="cpu", preprocessing=NORMALISED)
+    last = analyze(
+        model,
+        [image_file],
+        layers,
+        settings=SolverSettings(**{**FAST.__dict__, "memory_format": "channels_last"}),
+        device="cpu",
+        preprocessing=NORMALISED,
+    )
     assert auto.to_json()["parameters"]["memory_format"] == "contiguous"
     assert last.to_json()["parameters"]["memory_format"] == "channels_last"
     for a, b in zip(auto.results, last.results):
@@ -294,7 +335,7 @@ def test_a_row_alone_with_others_reversed_or_rechunked_gives_the_same_map():
     # rows that missed the budget after the schedule got extra steps, bounded by the setting
     assert (together.extra_steps <= ROWS_SETTINGS.extra_steps).all()
     assert (together.extra_steps[~together.converged] == ROWS_SETTINGS.extra_steps).all()
-    for i, row in enumerate(ALL_ROWS):  # and every row equals its own solve with the order reversed
+    for i in range(len(ALL_ROWS)):  # and every row equals its own solve with the order reversed
         assert np.abs(together.log_sigma[i] - backwards.log_sigma[len(ALL_ROWS) - 1 - i]).max() <= 1e-5
 
 
@@ -308,6 +349,7 @@ def test_an_out_of_memory_halving_redraws_the_same_noise():
             if len(calls) > 40 and len(x) > 20:
                 raise torch.OutOfMemoryError("simulated: out of device memory")
             return feature(x)
+
         return run
 
     plain = solve_rows(ALL_ROWS)
@@ -321,9 +363,16 @@ def test_a_row_in_a_fresh_process_gives_the_same_map(tmp_path):
     import subprocess
     import sys
 
-    script = ROWS_SOURCE + f"\nimport numpy\nnumpy.save({str(tmp_path / 'row.npy')!r}, solve_rows([(2, 'shallow')]).log_sigma)\n"
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=600,
-                   env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    script = (
+        ROWS_SOURCE
+        + f"\nimport numpy\nnumpy.save({str(tmp_path / 'row.npy')!r}, solve_rows([(2, 'shallow')]).log_sigma)\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     here = solve_rows(ALL_ROWS).log_sigma[ALL_ROWS.index((2, "shallow"))]
     assert np.abs(np.load(tmp_path / "row.npy")[0] - here).max() <= 1e-5
 
@@ -336,7 +385,9 @@ def test_row_seed_depends_on_seed_content_and_layer_never_on_the_array_or_name()
     assert seed == row_seed(0, pixels.copy(), "conv") == row_seed(0, torch.from_numpy(pixels), "conv")
     assert seed == row_seed(0, pixels.astype(np.float64), "conv")  # canonical float32 bytes
     assert 0 <= seed < 2**63
-    assert len({seed, row_seed(1, pixels, "conv"), row_seed(0, pixels, "conv2"), row_seed(0, pixels + 1e-3, "conv")}) == 4
+    assert (
+        len({seed, row_seed(1, pixels, "conv"), row_seed(0, pixels, "conv2"), row_seed(0, pixels + 1e-3, "conv")}) == 4
+    )
     assert image_hash(pixels) == image_hash(np.asfortranarray(pixels))
 
 
@@ -367,6 +418,7 @@ def test_map_reliability_rises_with_samples_and_is_near_one_on_the_linear_oracle
 
 # --- memory-bounded execution --------------------------------------------------------------
 
+
 def test_a_small_memory_budget_gives_the_same_numbers_and_its_predicted_peak_fits():
     from onnx_infodiscard.perturb import estimate
 
@@ -384,7 +436,7 @@ def test_a_small_memory_budget_gives_the_same_numbers_and_its_predicted_peak_fit
     assert constrained.peak_memory > 0
 
 
-PEAK_SOURCE = '''
+PEAK_SOURCE = """
 import resource, sys, torch
 from torch import nn
 from onnx_infodiscard.perturb import Distortion, SolverSettings, solve
@@ -398,7 +450,7 @@ settings = SolverSettings(steps=1, samples=32, eval_samples=32, max_eval_samples
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 solution = solve(distortion, settings)
 print(solution.peak_memory - before, solution.estimate.predicted_peak, solution.max_batch)
-'''
+"""
 
 
 def test_the_process_peak_memory_stays_within_a_small_budget():
@@ -409,8 +461,13 @@ def test_the_process_peak_memory_stays_within_a_small_budget():
     import sys
 
     def peak(budget: int) -> tuple[int, int, int]:
-        out = subprocess.run([sys.executable, "-c", PEAK_SOURCE, str(budget)], capture_output=True, text=True,
-                             timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK_SOURCE, str(budget)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        )
         assert out.returncode == 0, out.stderr
         return tuple(int(v) for v in out.stdout.split())
 

@@ -22,24 +22,47 @@ from onnx_infodiscard.output.manifest import MANIFEST, unknown_entries
 
 
 def make_comparison(outcomes: tuple = ()) -> Comparison:
-    reports = (make_report(seed=0), dataclasses.replace(make_report(seed=1, concentration=False),
-                                                         model_path="/models/other.onnx"))
+    reports = (
+        make_report(seed=0),
+        dataclasses.replace(make_report(seed=1, concentration=False), model_path="/models/other.onnx"),
+    )
     names = ("tiny", "other")
     rows = []
     for name, report in zip(names, reports):
         for mean in report.layer_means():
             total = sum(1 for r in report.results if r.layer == mean["layer"])
-            rows.append(ComparedLayer(model=name, layer=mean["layer"], index=mean["index"], op_type=mean["op_type"],
-                                      depth=mean["depth"], cid=mean["cid"], delta_cid=mean["delta_cid"],
-                                      concentration=mean["concentration"], converged=mean["n_images"] == total,
-                                      n_converged=mean["n_images"], n_images=total))
+            rows.append(
+                ComparedLayer(
+                    model=name,
+                    layer=mean["layer"],
+                    index=mean["index"],
+                    op_type=mean["op_type"],
+                    depth=mean["depth"],
+                    cid=mean["cid"],
+                    delta_cid=mean["delta_cid"],
+                    concentration=mean["concentration"],
+                    converged=mean["n_images"] == total,
+                    n_converged=mean["n_images"],
+                    n_images=total,
+                )
+            )
     return Comparison(names, reports, tuple(rows), outcomes, seconds=2.5)
 
 
 @pytest.fixture(scope="module")
 def comparison() -> Comparison:
-    outcome = RuleOutcome(rule="cid[-1] > 100", metric="cid", layer="relu_1", op=">", threshold=100.0, value=None,
-                          n_images=0, failed=True, model="tiny", reason="no converged <image>")
+    outcome = RuleOutcome(
+        rule="cid[-1] > 100",
+        metric="cid",
+        layer="relu_1",
+        op=">",
+        threshold=100.0,
+        value=None,
+        n_images=0,
+        failed=True,
+        model="tiny",
+        reason="no converged <image>",
+    )
     return make_comparison((outcome,))
 
 
@@ -85,21 +108,51 @@ def test_plot_has_one_curve_per_model(comparison):
 def make_localization(n: int = 3, size: int = 16) -> Localization:
     rng = np.random.default_rng(0)
     names = ("cid", "center")
-    methods = tuple(MethodScore(name=m, method=m, control=(m == "center"), layer=None if m == "center" else "relu_1",
-                                loc_acc=0.5, loc_acc_se=0.1, mean_iou=0.4, pointing_acc=2 / 3, deletion_auc=0.3,
-                                best_fraction=0.25, loc_acc_best=0.6, deletion_curve=tuple(np.linspace(1, 0, 21)))
-                    for m in names)
-    images = tuple(ImageScore(image=f"img_{i}.png", truth=(2, 2, 10, 10), target=i,
-                              boxes={m: (3, 3, 9, 9 + i) for m in names},
-                              ious={"cid": 0.7 - 0.2 * i, "center": float("nan") if i == 0 else 0.1},
-                              pointing={"cid": np.bool_(i != 1), "center": False},
-                              deletion_auc={m: 0.3 for m in names}) for i in range(n))
+    methods = tuple(
+        MethodScore(
+            name=m,
+            method=m,
+            control=(m == "center"),
+            layer=None if m == "center" else "relu_1",
+            loc_acc=0.5,
+            loc_acc_se=0.1,
+            mean_iou=0.4,
+            pointing_acc=2 / 3,
+            deletion_auc=0.3,
+            best_fraction=0.25,
+            loc_acc_best=0.6,
+            deletion_curve=tuple(np.linspace(1, 0, 21)),
+        )
+        for m in names
+    )
+    images = tuple(
+        ImageScore(
+            image=f"img_{i}.png",
+            truth=(2, 2, 10, 10),
+            target=i,
+            boxes={m: (3, 3, 9, 9 + i) for m in names},
+            ious={"cid": 0.7 - 0.2 * i, "center": float("nan") if i == 0 else 0.1},
+            pointing={"cid": np.bool_(i != 1), "center": False},
+            deletion_auc={m: 0.3 for m in names},
+        )
+        for i in range(n)
+    )
     crosscheck = make_report().crosscheck
     return Localization(
-        tool_version="0.1.0", model_path="/m.onnx", model_sha256="cd" * 32, layers=("relu_1",),
-        settings=make_report().settings, preprocessing=make_report().preprocessing, device="cpu",
-        crosscheck=crosscheck, methods=methods, images=images, protocol={"target": "label"}, verdict="fine",
-        controls_beaten=True, maps={m: rng.random((n, size, size)).astype(np.float32) for m in names},
+        tool_version="0.1.0",
+        model_path="/m.onnx",
+        model_sha256="cd" * 32,
+        layers=("relu_1",),
+        settings=make_report().settings,
+        preprocessing=make_report().preprocessing,
+        device="cpu",
+        crosscheck=crosscheck,
+        methods=methods,
+        images=images,
+        protocol={"target": "label"},
+        verdict="fine",
+        controls_beaten=True,
+        maps={m: rng.random((n, size, size)).astype(np.float32) for m in names},
         canonical_images=tuple(rng.random((1, size, size)).astype(np.float32) for _ in range(n)),
     )
 
@@ -107,8 +160,9 @@ def make_localization(n: int = 3, size: int = 16) -> Localization:
 def test_localization_files_and_the_same_csv_convention(tmp_path):
     result = make_localization()
     out = write_localization(result, tmp_path / "loc", overlays=2)
-    assert {"localization.json", "methods.csv", "images.csv", "maps.npz", "localization.png", "overlays",
-            MANIFEST} == {p.name for p in out.iterdir()}
+    assert {"localization.json", "methods.csv", "images.csv", "maps.npz", "localization.png", "overlays", MANIFEST} == {
+        p.name for p in out.iterdir()
+    }
     assert len(list((out / "overlays").glob("*.png"))) == 2
     with open(out / "methods.csv", newline="") as handle:
         methods = list(csv.DictReader(handle))
@@ -128,5 +182,7 @@ def test_localization_files_and_the_same_csv_convention(tmp_path):
 
 
 def test_one_csv_cell_convention():
-    assert [csv_cell(v) for v in (None, True, np.bool_(False), 0.1, float("nan"), float("inf"), np.float32(0.5),
-                                  np.int64(3), 7, "x")] == ["", "true", "false", "0.1", "", "", "0.5", "3", "7", "x"]
+    assert [
+        csv_cell(v)
+        for v in (None, True, np.bool_(False), 0.1, float("nan"), float("inf"), np.float32(0.5), np.int64(3), 7, "x")
+    ] == ["", "true", "false", "0.1", "", "", "0.5", "3", "7", "x"]

@@ -23,6 +23,7 @@ MARKER = "report.json"
 
 def writer(tag: str = "a", extra: dict[str, str] | None = None):
     """A writer of a small complete output: the marker, a CSV, a file in a subfolder."""
+
     def write(folder: Path) -> None:
         (folder / MARKER).write_text(json.dumps({"schema_version": 1, "tag": tag}))
         (folder / "metrics.csv").write_text(f"tag\n{tag}\n")
@@ -30,6 +31,7 @@ def writer(tag: str = "a", extra: dict[str, str] | None = None):
         (folder / "overlays" / "000.png").write_bytes(tag.encode() * 10)
         for name, text in (extra or {}).items():
             (folder / name).write_text(text)
+
     return write
 
 
@@ -190,8 +192,12 @@ def test_out_equal_to_or_holding_an_input_is_refused(tmp_path, which):
     (models / "net.onnx").write_bytes(b"onnx")
     (models / "boxes.csv").write_text("file\n")
     (tmp_path / "cache").mkdir()
-    inputs = {"model": models / "net.onnx", "images": models / "images", "boxes": models / "boxes.csv",
-              "cache": tmp_path / "cache"}
+    inputs = {
+        "model": models / "net.onnx",
+        "images": models / "images",
+        "boxes": models / "boxes.csv",
+        "cache": tmp_path / "cache",
+    }
     given = inputs[which]
     outs = [given.parent] if which != "cache" else [given, tmp_path]
     if which == "images":

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import ray  # the [ray] extra; the test extra installs it, so these always run
 
 from onnx_infodiscard import SolverSettings, analyze, open_session
@@ -44,8 +43,9 @@ def cluster():
 
 def same_results(a, b) -> None:
     assert [(r.image, r.layer) for r in a.results] == [(r.image, r.layer) for r in b.results]
-    np.testing.assert_allclose(np.stack([r.entropy for r in a.results]), np.stack([r.entropy for r in b.results]),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([r.entropy for r in a.results]), np.stack([r.entropy for r in b.results]), atol=1e-5
+    )
     np.testing.assert_allclose([r.cid for r in a.results], [r.cid for r in b.results], atol=1e-6)
 
 
@@ -76,9 +76,22 @@ def test_a_cluster_started_with_ray_start_is_reached_by_address(session, local):
     with socket.socket() as probe:  # a free loopback port for the head's GCS
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    head = subprocess.Popen([command, "start", "--head", "--block", f"--port={port}",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    head = subprocess.Popen(
+        [
+            command,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         seen = []
         for line in head.stdout:  # until the head says it runs (or exits)

@@ -30,8 +30,9 @@ from onnx_infodiscard.preprocess import Preprocessing
 LAYER_NAMES = ("/conv1/Conv_output_0", "relu_1", "/fc/Gemm_output_0")
 
 
-def make_report(n_images: int = 3, size: int = 12, unconverged: bool = True, concentration: bool = True,
-                seed: int = 0) -> Report:
+def make_report(
+    n_images: int = 3, size: int = 12, unconverged: bool = True, concentration: bool = True, seed: int = 0
+) -> Report:
     """A small but complete Report built straight from the dataclasses, with random maps."""
     rng = np.random.default_rng(seed)
     layers = tuple(
@@ -52,25 +53,53 @@ def make_report(n_images: int = 3, size: int = 12, unconverged: bool = True, con
             sensitivity = np.exp(-2 * (log_sigma - log_sigma.min()))
             sensitivity = sensitivity / sensitivity.max()
             bad = unconverged and i == 1 and k == 2
-            results.append(LayerResult(
-                image=name, layer=layer.name, layer_index=layer.index, depth=layer.depth,
-                log_sigma=log_sigma, entropy=entropy, sensitivity=sensitivity,
-                cid=float(entropy.mean()), cid_total=float(entropy.sum()), delta_cid=float(entropy.mean()) - base,
-                concentration=(0.1 * k if concentration else None),
-                saturated_fraction=0.0 if k < 2 else float("nan"),
-                converged=not bad, d_over_tau=(1.31 if bad else 1.01), d_over_tau_se=0.004,
-                eval_samples=64, multiplier=float("inf") if bad else 2.5, steps=20, seconds=0.01,
-            ))
+            results.append(
+                LayerResult(
+                    image=name,
+                    layer=layer.name,
+                    layer_index=layer.index,
+                    depth=layer.depth,
+                    log_sigma=log_sigma,
+                    entropy=entropy,
+                    sensitivity=sensitivity,
+                    cid=float(entropy.mean()),
+                    cid_total=float(entropy.sum()),
+                    delta_cid=float(entropy.mean()) - base,
+                    concentration=(0.1 * k if concentration else None),
+                    saturated_fraction=0.0 if k < 2 else float("nan"),
+                    converged=not bad,
+                    d_over_tau=(1.31 if bad else 1.01),
+                    d_over_tau_se=0.004,
+                    eval_samples=64,
+                    multiplier=float("inf") if bad else 2.5,
+                    steps=20,
+                    seconds=0.01,
+                )
+            )
     crosscheck = CrossCheck(
-        provider="CPUExecutionProvider", note="onnxruntime ran on CPU", tolerance=1e-4,
+        provider="CPUExecutionProvider",
+        note="onnxruntime ran on CPU",
+        tolerance=1e-4,
         layers=tuple(LayerAgreement(layer.name, 1e-7, 2e-7, True) for layer in layers),
     )
     return Report(
-        tool_version="0.1.0", model_path="/models/<tiny>&cnn.onnx", model_sha256="ab" * 32, input_name="input",
-        input_shape=(1, 1, size, size), preprocessing=Preprocessing(source="card"), settings=settings,
-        foreground="center (central box, 2/3 of each side)" if concentration else None, device="cpu",
-        layers=layers, crosscheck=crosscheck, batch_safe=True, passes=("fold_constants: 2 nodes",),
-        images=tuple(images), results=tuple(results), canonical_images=tuple(pixels), seconds=1.25,
+        tool_version="0.1.0",
+        model_path="/models/<tiny>&cnn.onnx",
+        model_sha256="ab" * 32,
+        input_name="input",
+        input_shape=(1, 1, size, size),
+        preprocessing=Preprocessing(source="card"),
+        settings=settings,
+        foreground="center (central box, 2/3 of each side)" if concentration else None,
+        device="cpu",
+        layers=layers,
+        crosscheck=crosscheck,
+        batch_safe=True,
+        passes=("fold_constants: 2 nodes",),
+        images=tuple(images),
+        results=tuple(results),
+        canonical_images=tuple(pixels),
+        seconds=1.25,
         notes=("a note with <markup> & ampersand",),
     )
 
@@ -104,8 +133,9 @@ def test_writes_every_file_with_expected_content(written):
     assert out == (tmp_path / "out").resolve()
     names = sorted(p.name for p in out.iterdir())
     layer_pngs = ["layer_1_conv1_Conv_output_0.png", "layer_4_relu_1.png", "layer_7_fc_Gemm_output_0.png"]
-    assert names == sorted(["report.json", "metrics.csv", "maps.npz", "report.html", "cid_vs_depth.png", *layer_pngs,
-                            MANIFEST])
+    assert names == sorted(
+        ["report.json", "metrics.csv", "maps.npz", "report.html", "cid_vs_depth.png", *layer_pngs, MANIFEST]
+    )
     assert leftovers(tmp_path, "out") == []
 
     text = (out / "report.json").read_text()
@@ -190,8 +220,9 @@ def test_duplicate_image_names_keep_their_maps_apart(tmp_path, fast_plots):
     results = tuple(
         LayerResult(**{**{f: getattr(r, f) for f in r.__dataclass_fields__}, "image": "x.png"}) for r in report.results
     )
-    report = Report(**{**{f: getattr(report, f) for f in report.__dataclass_fields__}, "images": same,
-                       "results": results})
+    report = Report(
+        **{**{f: getattr(report, f) for f in report.__dataclass_fields__}, "images": same, "results": results}
+    )
     out = write_report(report, tmp_path / "dup")
     with np.load(out / "maps.npz") as maps:
         assert len(maps.files) == 3 * len(results)
@@ -295,6 +326,7 @@ def test_a_folder_with_other_files_is_not_replaced(tmp_path):
 
 def test_refused_write_is_an_input_error(tmp_path, monkeypatch):
     """What fails even for root (a read-only file system, a full quota): creating the folder itself."""
+
     def refuse(*args, **kwargs):
         raise PermissionError(30, "Read-only file system")
 
@@ -308,8 +340,9 @@ def test_refused_write_is_an_input_error(tmp_path, monkeypatch):
 def test_unwritable_parent_seen_by_access_is_an_input_error(tmp_path, monkeypatch):
     """os.access is the up-front check (it also sees read-only mounts for root)."""
     real = os.access
-    monkeypatch.setattr(folders.os, "access",
-                        lambda path, mode, **kw: False if Path(path) == tmp_path else real(path, mode, **kw))
+    monkeypatch.setattr(
+        folders.os, "access", lambda path, mode, **kw: False if Path(path) == tmp_path else real(path, mode, **kw)
+    )
     with pytest.raises(InputError, match="not writable"):
         write_report(make_report(), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -331,10 +364,21 @@ def render_check(html_path: Path, workdir: Path) -> bytes:
     binary = _chromium()
     shot = workdir / "screenshot.png"
     command = [
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={workdir / 'profile'}", f"--screenshot={shot}",
-        "--window-size=1200,2000", "--hide-scrollbars", html_path.resolve().as_uri(),
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={workdir / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        "--hide-scrollbars",
+        html_path.resolve().as_uri(),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert shot.exists(), f"chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"

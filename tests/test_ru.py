@@ -38,8 +38,9 @@ def test_with_the_exact_inverse_as_decoder_ru_equals_cid():
     distortion = Distortion(feature, image[None], [0], ["f"])
     settings = SolverSettings(tau=TAU, sigma_max=100.0)
     cid = solve(distortion, settings)
-    ru = solve(distortion, settings, decoders={"f": Inverse(torch.linalg.inv(weight), shape)},
-               reconstruction_samples=2048)
+    ru = solve(
+        distortion, settings, decoders={"f": Inverse(torch.linalg.inv(weight), shape)}, reconstruction_samples=2048
+    )
     errors = ru.reconstruction_error
     sigma_cid, sigma_ru = np.exp(cid.log_sigma[0]), np.exp(ru.log_sigma[0])
     assert np.median(np.abs(sigma_ru / sigma_cid - 1)) <= 0.05
@@ -111,9 +112,27 @@ ONE_DIGIT = str(sorted((DEFAULT_MODEL.parent / "images").glob("*.png"))[0])
 
 def _ru_cli(*args, cache):
     env = {**__import__("os").environ, "INFODISCARD_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "onnx_infodiscard_cli.main", "ru", str(DEFAULT_MODEL), ONE_DIGIT,
-                           "-l", "/relu1/Relu_output_0", "--steps", "20", "--samples", "8", *args],
-                          capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnx_infodiscard_cli.main",
+            "ru",
+            str(DEFAULT_MODEL),
+            ONE_DIGIT,
+            "-l",
+            "/relu1/Relu_output_0",
+            "--steps",
+            "20",
+            "--samples",
+            "8",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
 
 
 def test_ru_command_reports_ru_and_decoder_psnr(tmp_path):

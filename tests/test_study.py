@@ -13,7 +13,14 @@ from onnx_infodiscard.accuracy import accuracy, read_labels
 from onnx_infodiscard.errors import InputError
 from onnx_infodiscard.rowcache import RowCache
 from onnx_infodiscard.study import (
-    ModelMetrics, answer, evaluate_hypothesis, parse_hypothesis, read_study, spearman, verdict, write_study,
+    ModelMetrics,
+    answer,
+    evaluate_hypothesis,
+    parse_hypothesis,
+    read_study,
+    spearman,
+    verdict,
+    write_study,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +29,17 @@ MODEL = CLUTTERED / "cluttered_digits.onnx"
 IMAGES = CLUTTERED / "images"
 
 
-def synthetic(group: str, n_models: int, mean: float, rng, n_images: int = 40, spread: float = 0.3,
-              depth_slope: float = 0.0, correct_p: float | None = None, prefix: str = "") -> list[ModelMetrics]:
+def synthetic(
+    group: str,
+    n_models: int,
+    mean: float,
+    rng,
+    n_images: int = 40,
+    spread: float = 0.3,
+    depth_slope: float = 0.0,
+    correct_p: float | None = None,
+    prefix: str = "",
+) -> list[ModelMetrics]:
     """Models whose per-image CID at depth 1 is `mean` + model offset + image effect + noise."""
     image_effect = np.random.default_rng(123).normal(0, spread, n_images)  # shared: paired images
     out = []
@@ -41,7 +57,8 @@ def test_known_group_difference_is_covered_and_holds():
     rng = np.random.default_rng(0)
     models = synthetic("deep", 3, 1.5, rng) + synthetic("shallow", 3, 1.0, rng)
     true_effect = np.mean([m.values["cid"][1].mean() for m in models[:3]]) - np.mean(
-        [m.values["cid"][1].mean() for m in models[3:]])
+        [m.values["cid"][1].mean() for m in models[3:]]
+    )
     result = evaluate_hypothesis(parse_hypothesis("cid[1.0] deep > shallow"), models, np.random.default_rng(1), 2000)
     assert result.low < 0.5 < result.high  # the generating effect
     assert result.effect == pytest.approx(true_effect)
@@ -61,8 +78,9 @@ def test_no_effect_is_inconclusive():
 def test_within_model_depth_difference():
     rng = np.random.default_rng(3)
     models = synthetic("deep", 3, 1.0, rng, depth_slope=0.4)
-    result = evaluate_hypothesis(parse_hypothesis("concentration[1.0] > concentration[0.3] in deep"), models,
-                                 np.random.default_rng(0))
+    result = evaluate_hypothesis(
+        parse_hypothesis("concentration[1.0] > concentration[0.3] in deep"), models, np.random.default_rng(0)
+    )
     assert result.effect == pytest.approx(0.4)
     assert result.verdict == "holds"
     assert result.layers["deep0"] == "b - a"
@@ -75,8 +93,7 @@ def test_correlation_with_accuracy():
         models += synthetic("ckpt", 1, 0.2 + p, rng, n_images=400, spread=0.02, correct_p=p, prefix=f"c{k}_")
     result = evaluate_hypothesis(parse_hypothesis("concentration[1.0] ~ accuracy"), models, np.random.default_rng(0))
     assert result.effect > 0.8 and result.verdict == "holds"
-    negative = evaluate_hypothesis(parse_hypothesis("concentration[1.0] ~ -accuracy"), models,
-                                   np.random.default_rng(0))
+    negative = evaluate_hypothesis(parse_hypothesis("concentration[1.0] ~ -accuracy"), models, np.random.default_rng(0))
     assert negative.verdict == "contradicted"
 
 
@@ -109,8 +126,8 @@ def write_study_toml(tmp_path: Path, body: str) -> Path:
 
 GOOD = f"""
 images = "{IMAGES}"
-labels = "{IMAGES / 'boxes.csv'}"
-foreground = "{IMAGES / 'boxes.csv'}"
+labels = "{IMAGES / "boxes.csv"}"
+foreground = "{IMAGES / "boxes.csv"}"
 hypotheses = ["cid[1.0] big > small", "concentration[0.5] ~ accuracy"]
 [groups.big]
 models = ["{MODEL}"]
@@ -133,17 +150,20 @@ def read_study_from(body: str, tmp=None):
         return read_study(write_study_toml(Path(folder), body))
 
 
-@pytest.mark.parametrize("body, words", [
-    ("images = [", "not valid TOML"),
-    (GOOD.replace("big > small", "big > medium"), "unknown group 'medium'"),
-    (GOOD.replace("cid[1.0]", "entropy[1.0]"), "unknown metric 'entropy'"),
-    (GOOD.replace("cid[1.0]", "ru[1.0]"), "needs ru = true"),
-    (GOOD.replace('models = ["', 'models = ["missing/'), "not found"),
-    (GOOD.replace("big > small", "big >> small"), "is not 'METRIC[DEPTH]"),
-    (GOOD.replace("cid[1.0]", "cid[1.5]"), "not in [0, 1]"),
-    (GOOD.replace("hypotheses", "hypothesis"), "unknown key 'hypothesis'"),
-    (GOOD.replace('name = "again", ', ""), "appears in groups"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("images = [", "not valid TOML"),
+        (GOOD.replace("big > small", "big > medium"), "unknown group 'medium'"),
+        (GOOD.replace("cid[1.0]", "entropy[1.0]"), "unknown metric 'entropy'"),
+        (GOOD.replace("cid[1.0]", "ru[1.0]"), "needs ru = true"),
+        (GOOD.replace('models = ["', 'models = ["missing/'), "not found"),
+        (GOOD.replace("big > small", "big >> small"), "is not 'METRIC[DEPTH]"),
+        (GOOD.replace("cid[1.0]", "cid[1.5]"), "not in [0, 1]"),
+        (GOOD.replace("hypotheses", "hypothesis"), "unknown key 'hypothesis'"),
+        (GOOD.replace('name = "again", ', ""), "appears in groups"),
+    ],
+)
 def test_malformed_study_is_one_line_input_error(body, words):
     with pytest.raises(InputError) as err:
         read_study_from(body)
@@ -192,8 +212,15 @@ def test_small_study_end_to_end(tmp_path, monkeypatch):
     body = body.replace("hypotheses", 'layers = ["/relu2/Relu_output_0", "/relu6/Relu_output_0"]\nhypotheses')
     study = read_study(write_study_toml(tmp_path, body))
     settings = SolverSettings(steps=3, eval_samples=16, max_eval_samples=16)
-    result = run_study(study, settings=settings, max_images=2, device="cpu", rng=np.random.default_rng(0),
-                       converged_only=False, cache=RowCache(tmp_path / "cache"))
+    result = run_study(
+        study,
+        settings=settings,
+        max_images=2,
+        device="cpu",
+        rng=np.random.default_rng(0),
+        converged_only=False,
+        cache=RowCache(tmp_path / "cache"),
+    )
     (r,) = result.results
     assert r.effect == pytest.approx(0.0, abs=1e-6)  # the same network twice, same images: the same rows
     assert set(result.accuracy) == {"cluttered_digits", "again"}
@@ -207,8 +234,15 @@ def test_small_study_end_to_end(tmp_path, monkeypatch):
     import onnx_infodiscard.execute as execute
 
     monkeypatch.setattr(execute, "solve_groups", lambda *a, **k: pytest.fail("a cached row was solved again"))
-    again = run_study(study, settings=settings, max_images=2, device="cpu", rng=np.random.default_rng(0),
-                      converged_only=False, cache=RowCache(tmp_path / "cache"))
+    again = run_study(
+        study,
+        settings=settings,
+        max_images=2,
+        device="cpu",
+        rng=np.random.default_rng(0),
+        converged_only=False,
+        cache=RowCache(tmp_path / "cache"),
+    )
     assert again.results[0].effect == pytest.approx(r.effect) and again.accuracy == result.accuracy
     assert sorted((tmp_path / "cache").rglob("*.npz")) == entries
 
@@ -236,25 +270,56 @@ def test_compare_groups_through_the_cli_on_a_shipped_study_subset(tmp_path):
     study = tmp_path / "STUDY.toml"
     study.write_text(f'''
 images = "{images}"
-labels = "{images / 'boxes.csv'}"
-foreground = "{images / 'boxes.csv'}"
+labels = "{images / "boxes.csv"}"
+foreground = "{images / "boxes.csv"}"
 bootstrap = 200
 hypotheses = ["cid[1.0] deep > shallow", "concentration[1.0] ~ accuracy in shallow, deep"]
 [groups.shallow]
-models = ["{zoo / 'shallow_s0.onnx'}", "{zoo / 'shallow_s1.onnx'}"]
+models = ["{zoo / "shallow_s0.onnx"}", "{zoo / "shallow_s1.onnx"}"]
 [groups.deep]
-models = ["{zoo / 'deep_s0.onnx'}", "{zoo / 'deep_s1.onnx'}"]
+models = ["{zoo / "deep_s0.onnx"}", "{zoo / "deep_s1.onnx"}"]
 ''')
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "onnx_infodiscard_cli.main", "compare", "--groups", str(study),
-                           "--max-images", "2", "--steps", "3", "--samples", "4", "--out", str(out), "--json"],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnx_infodiscard_cli.main",
+            "compare",
+            "--groups",
+            str(study),
+            "--max-images",
+            "2",
+            "--steps",
+            "3",
+            "--samples",
+            "4",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     answer = json.loads(done.stdout)
     assert [r["verdict"] in ("holds", "contradicted", "inconclusive") for r in answer["hypotheses"]] == [True, True]
     assert (out / "study.html").is_file() and (out / "study.csv").is_file()
-    bad = subprocess.run([sys.executable, "-m", "onnx_infodiscard_cli.main", "compare", "--groups",
-                          str(tmp_path / "missing.toml"), "--out", str(tmp_path / "bad")],
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnx_infodiscard_cli.main",
+            "compare",
+            "--groups",
+            str(tmp_path / "missing.toml"),
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and bad.stderr.count("error:") == 1 and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()

@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def _run(*args: str | Path, cwd: Path, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     environment.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **env)
-    return subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=environment, check=False)
+    return subprocess.run(
+        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment, check=False
+    )
 
 
 def _source_copy(target: Path) -> Path:
@@ -43,8 +44,9 @@ def _source_copy(target: Path) -> Path:
 def wheel(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
     source = _source_copy(work / "src")
-    built = _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", work / "dist",
-                 source, cwd=work)
+    built = _run(
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", work / "dist", source, cwd=work
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     (path,) = (work / "dist").glob("onnx_infodiscard-*.whl")
     return path
@@ -52,11 +54,14 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_the_models_and_metadata_but_no_build_scripts(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("onnx_infodiscard/py.typed", "onnx_infodiscard_models/digits_cnn/digits_cnn.onnx",
-                   "onnx_infodiscard_models/digits_cnn/digits_cnn.onnx.json",
-                   "onnx_infodiscard_models/digits_cnn/images/boxes.csv",
-                   "onnx_infodiscard_models/cluttered_digits/cluttered_digits.onnx",
-                   "onnx_infodiscard_models/keras_digits/README.md"):
+    for needed in (
+        "onnx_infodiscard/py.typed",
+        "onnx_infodiscard_models/digits_cnn/digits_cnn.onnx",
+        "onnx_infodiscard_models/digits_cnn/digits_cnn.onnx.json",
+        "onnx_infodiscard_models/digits_cnn/images/boxes.csv",
+        "onnx_infodiscard_models/cluttered_digits/cluttered_digits.onnx",
+        "onnx_infodiscard_models/keras_digits/README.md",
+    ):
         assert needed in names, needed
     assert any(n.startswith("onnx_infodiscard_models/digits_cnn/train_images/") for n in names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
@@ -71,18 +76,25 @@ def test_an_installed_wheel_analyzes_with_no_arguments(wheel, tmp_path):
     (site,) = (env / "lib").glob("python*/site-packages")
     # The heavy dependencies from the running interpreter; the new site-packages comes first on sys.path.
     (site / "_heavy_dependencies.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
-    installed = _run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-compile", wheel,
-                     cwd=tmp_path)
+    installed = _run(
+        sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-compile", wheel, cwd=tmp_path
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
-    where = _run(python, "-c", "import onnx_infodiscard, onnx_infodiscard_models; "
-                 "from onnx_infodiscard.embedded import DEFAULT_MODEL; "
-                 "print(onnx_infodiscard.__file__); print(DEFAULT_MODEL)", cwd=tmp_path)
+    where = _run(
+        python,
+        "-c",
+        "import onnx_infodiscard, onnx_infodiscard_models; "
+        "from onnx_infodiscard.embedded import DEFAULT_MODEL; "
+        "print(onnx_infodiscard.__file__); print(DEFAULT_MODEL)",
+        cwd=tmp_path,
+    )
     assert where.returncode == 0, where.stderr
     for line in where.stdout.split():
         assert Path(line).resolve().is_relative_to(site.resolve()), where.stdout  # not the source tree
     out = tmp_path / "report"
-    result = _run(env / "bin" / "infodiscard", "analyze", "--steps", "5", "--samples", "2", "--out", out, "--json",
-                  cwd=tmp_path)
+    result = _run(
+        env / "bin" / "infodiscard", "analyze", "--steps", "5", "--samples", "2", "--out", out, "--json", cwd=tmp_path
+    )
     # 4: ran, and some results did not converge in 5 steps (expected, and not what is tested here).
     assert result.returncode in (0, 4), result.stdout + result.stderr
     summary = json.loads(result.stdout)
@@ -107,8 +119,11 @@ def test_package_data_covers_every_file_a_shipped_card_names():
 
     for path in sorted(models.glob("*/*.onnx")):
         card = ModelCard.for_model(path, onnx.load(str(path), load_external_data=False))
-        named = [card.image_folder(path, key) for key in ("images", "train_images", "foreground_boxes")
-                 if getattr(card, key) is not None]
+        named = [
+            card.image_folder(path, key)
+            for key in ("images", "train_images", "foreground_boxes")
+            if getattr(card, key) is not None
+        ]
         files = [path, path.with_name(path.name + ".json")]
         files += [f for target in named for f in ([target] if target.is_file() else target.iterdir())]
         for file in files:

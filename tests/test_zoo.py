@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-
 from onnx_graphs import ZOO_NAMES, zoo_path
+
 from onnx_infodiscard.check import open_model, prepare
 from onnx_infodiscard.crosscheck import ort_session
 from onnx_infodiscard.layers import list_layers
@@ -112,7 +112,9 @@ def test_check_every_relu(name, count, opened):
 def test_cli_check_auto_json():
     """Inception v1 needs the most passes (asymmetric AveragePool padding among them)."""
     path = zoo_path("inception_v1")
-    result = subprocess.run([*CLI, "check", str(path), "--layer", "auto", "--json"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*CLI, "check", str(path), "--layer", "auto", "--json"], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["passed"] is True and summary["batch_safe"] is True
@@ -124,7 +126,9 @@ def test_cli_check_auto_json():
 
 def test_cli_layers_json():
     path = zoo_path("squeezenet")
-    result = subprocess.run([*CLI, "layers", str(path), "--ops", "Relu", "--json"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*CLI, "layers", str(path), "--ops", "Relu", "--json"], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     layers = json.loads(result.stdout)
     assert len(layers) == 26 and {layer["op_type"] for layer in layers} == {"Relu"}

@@ -10,7 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from onnx_infodiscard import Foreground, analyze as run_analysis, open_session
+from onnx_infodiscard import Foreground, open_session
+from onnx_infodiscard import analyze as run_analysis
 from onnx_infodiscard.audit import audited, parse_rules, raise_verdict, unconverged_results
 from onnx_infodiscard.embedded import default_model
 from onnx_infodiscard.output import check_output_folder
@@ -19,10 +20,36 @@ from onnx_infodiscard.rows import all_rows, estimate_rows
 from onnx_infodiscard_cli import console, validate
 from onnx_infodiscard_cli.console import fmt, stage_progress, stdout
 from onnx_infodiscard_cli.options import (
-    SOLVER, DeviceOpt, FailIf, Fg, FgBoxes, FgMask, Grid, InputName, InputShape, Json, Layers, Layout,
-    MaxMemory, MemoryFormatOpt, NewSubfolder, NoCache, Out, PrecisionOpt, Preset, Ray, Samples, Seed, SigmaMax,
-    Steps, Tau, choice, row_cache, solver_settings,
+    SOLVER,
+    DeviceOpt,
+    FailIf,
+    Fg,
+    FgBoxes,
+    FgMask,
+    Grid,
+    InputName,
+    InputShape,
+    Json,
+    Layers,
+    Layout,
+    MaxMemory,
+    MemoryFormatOpt,
+    NewSubfolder,
+    NoCache,
+    Out,
+    PrecisionOpt,
+    Preset,
+    Ray,
+    Samples,
+    Seed,
+    SigmaMax,
+    Steps,
+    Tau,
+    choice,
+    row_cache,
+    solver_settings,
 )
+
 #: Predicted seconds above which a run says beforehand how long and how much memory it will take.
 ESTIMATE_ABOVE = 30
 
@@ -36,10 +63,13 @@ def register(app: typer.Typer) -> None:
 
 def analyze(
     ctx: typer.Context,
-    model: Annotated[Optional[Path], typer.Argument(
-        help="The .onnx model (default: the shipped digits CNN).", show_default=False)] = None,
-    images: Annotated[Optional[list[Path]], typer.Argument(
-        help="Image files, folders or .npy arrays (default: the card's images).", show_default=False)] = None,
+    model: Annotated[
+        Optional[Path], typer.Argument(help="The .onnx model (default: the shipped digits CNN).", show_default=False)
+    ] = None,
+    images: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="Image files, folders or .npy arrays (default: the card's images).", show_default=False),
+    ] = None,
     layer: Layers = None,
     tau: Tau = SOLVER.tau,
     steps: Steps = SOLVER.steps,
@@ -51,27 +81,40 @@ def analyze(
     precision: PrecisionOpt = SOLVER.precision,
     memory_format: MemoryFormatOpt = SOLVER.memory_format,
     preset: Annotated[Optional[Preset], typer.Option(help="Preprocessing preset (default: the card's).")] = None,
-    scale: Annotated[Optional[float], typer.Option(
-        callback=validate.number("a finite scale > 0, e.g. 255", 0, low_open=True),
-        help="Multiply the [0,1] image by this (e.g. 255).")] = None,
-    mean: Annotated[Optional[str], typer.Option(
-        callback=validate.floats(positive=False),
-        help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406.")] = None,
-    std: Annotated[Optional[str], typer.Option(
-        callback=validate.floats(positive=True), help="Per-channel std divided by after the mean.")] = None,
+    scale: Annotated[
+        Optional[float],
+        typer.Option(
+            callback=validate.number("a finite scale > 0, e.g. 255", 0, low_open=True),
+            help="Multiply the [0,1] image by this (e.g. 255).",
+        ),
+    ] = None,
+    mean: Annotated[
+        Optional[str],
+        typer.Option(
+            callback=validate.floats(positive=False),
+            help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406.",
+        ),
+    ] = None,
+    std: Annotated[
+        Optional[str],
+        typer.Option(callback=validate.floats(positive=True), help="Per-channel std divided by after the mean."),
+    ] = None,
     layout: Annotated[Optional[Layout], typer.Option(case_sensitive=False, help="The model's input layout.")] = None,
-    bgr: Annotated[Optional[bool], typer.Option(
-        "--bgr/--rgb", help="Feed channels as BGR.", show_default=False)] = None,
+    bgr: Annotated[
+        Optional[bool], typer.Option("--bgr/--rgb", help="Feed channels as BGR.", show_default=False)
+    ] = None,
     fg: Fg = None,
     fg_mask: FgMask = None,
     fg_boxes: FgBoxes = None,
     input_shape: InputShape = None,
     input_name: InputName = None,
     out: Out = Path("infodiscard-report"),
-    ru: Annotated[bool, typer.Option(
-        "--ru", help="Also reconstruction uncertainty (trains or loads decoders).")] = False,
-    train_images: Annotated[Optional[Path], typer.Option(
-        "--train-images", help="Decoder training images (default: the card's).")] = None,
+    ru: Annotated[
+        bool, typer.Option("--ru", help="Also reconstruction uncertainty (trains or loads decoders).")
+    ] = False,
+    train_images: Annotated[
+        Optional[Path], typer.Option("--train-images", help="Decoder training images (default: the card's).")
+    ] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train decoders anew instead of using the cache.")] = False,
     fail_if: FailIf = None,
     max_memory: MaxMemory = None,
@@ -86,22 +129,51 @@ def analyze(
     report is written in both cases and says so), else 0.
     """
     rules = parse_rules(fail_if)
-    settings = solver_settings(tau=tau, steps=steps, samples=samples, grid=grid, sigma_max=sigma_max, seed=seed,
-                               precision=precision, memory_format=memory_format, max_memory=max_memory)
+    settings = solver_settings(
+        tau=tau,
+        steps=steps,
+        samples=samples,
+        grid=grid,
+        sigma_max=sigma_max,
+        seed=seed,
+        precision=precision,
+        memory_format=memory_format,
+        max_memory=max_memory,
+    )
     cache = row_cache(no_cache)
     inputs = [model or default_model(), *(images or []), fg_mask, fg_boxes, train_images, cache and cache.root]
     out = check_output_folder(out, [p for p in inputs if p is not None], new_subfolder=new_subfolder)
-    overrides = {"preset": choice(preset), "scale": scale, "mean": mean, "std": std, "layout": choice(layout),
-                 "bgr": bgr}
+    overrides = {
+        "preset": choice(preset),
+        "scale": scale,
+        "mean": mean,
+        "std": std,
+        "layout": choice(layout),
+        "bgr": bgr,
+    }
     foreground = Foreground.parse(fg, fg_mask, fg_boxes)
-    session = open_session(model, images, layer, preprocessing_overrides=overrides, input_name=input_name,
-                           input_shape=input_shape, device=choice(device))
+    session = open_session(
+        model,
+        images,
+        layer,
+        preprocessing_overrides=overrides,
+        input_name=input_name,
+        input_shape=input_shape,
+        device=choice(device),
+    )
     if not as_json and not ray:
         _print_estimate(session, settings)
     with stage_progress(as_json) as progress:
         report = run_analysis(
-            session, images, settings=settings, foreground=foreground, ru=ru or ctx.info_name == "ru",
-            train_images=[train_images] if train_images else None, retrain=retrain, cache=cache, ray=ray,
+            session,
+            images,
+            settings=settings,
+            foreground=foreground,
+            ru=ru or ctx.info_name == "ru",
+            train_images=[train_images] if train_images else None,
+            retrain=retrain,
+            cache=cache,
+            ray=ray,
             progress=progress,
         )
     report = audited(report, rules)
@@ -133,7 +205,15 @@ def _print_summary(report, folder: Path) -> None:
         table.add_column(column, justify="left" if column == "layer" else "right")
     for row in report.layer_means():
         extra = [fmt(row["ru"]), fmt(row["decoder_psnr"])] if has_ru else []
-        table.add_row(escape(row["layer"]), f"{row['depth']:.2f}", fmt(row["cid"]), fmt(row["delta_cid"]),
-                      fmt(row["concentration"]), fmt(row["d_over_tau"]), str(row["n_images"]), *extra)
+        table.add_row(
+            escape(row["layer"]),
+            f"{row['depth']:.2f}",
+            fmt(row["cid"]),
+            fmt(row["delta_cid"]),
+            fmt(row["concentration"]),
+            fmt(row["d_over_tau"]),
+            str(row["n_images"]),
+            *extra,
+        )
     stdout.print(table)
     stdout.print(f"report: {folder / 'report.html'}", markup=False)

@@ -19,16 +19,28 @@ def register(app: typer.Typer) -> None:
 
 def card(
     model: Model,
-    set_: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="KEY=VALUE, repeatable. VALUE is JSON when it parses as JSON, else text; list keys split on "
-                      "commas (suggested_layers=a,b). Dotted keys reach inside: preprocessing.scale=255; scale, "
-                      "mean, std, bgr are short for preprocessing.*.")] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--set",
+            help="KEY=VALUE, repeatable. VALUE is JSON when it parses as JSON, else text; list keys split on "
+            "commas (suggested_layers=a,b). Dotted keys reach inside: preprocessing.scale=255; scale, "
+            "mean, std, bgr are short for preprocessing.*.",
+        ),
+    ] = None,
     unset: Annotated[Optional[list[str]], typer.Option("--unset", help="Remove KEY from the card; repeatable.")] = None,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Where to write the copy (default MODEL.card.onnx beside the model). Naming the model "
-                            "itself replaces it.")] = None,
-    show: Annotated[bool, typer.Option(
-        "--show", help="Print the card as JSON (after the change, when there is one).")] = False,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            help="Where to write the copy (default MODEL.card.onnx beside the model). Naming the model "
+            "itself replaces it.",
+        ),
+    ] = None,
+    show: Annotated[
+        bool, typer.Option("--show", help="Print the card as JSON (after the change, when there is one).")
+    ] = False,
 ) -> None:
     """Show the model card, or write it into the ONNX file's metadata so the model needs no flags.
 
@@ -41,8 +53,11 @@ def card(
     """
     current = effective_card(model)
     if not (set_ or unset or out):
-        where = {"sidecar": f"sidecar {current.sidecar}", "metadata": "embedded in the model",
-                 "none": "none: the model has no card"}[current.source]
+        where = {
+            "sidecar": f"sidecar {current.sidecar}",
+            "metadata": "embedded in the model",
+            "none": "none: the model has no card",
+        }[current.source]
         console.dim(f"card: {where}")
         if current.shadowed:
             console.note(f"the model also embeds a card, which {current.sidecar.name} overrides")

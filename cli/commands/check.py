@@ -26,9 +26,13 @@ def check(
     layer: Layers = None,
     input_shape: InputShape = None,
     input_name: InputName = None,
-    tolerance: Annotated[float, typer.Option(
-        callback=validate.number(f"a finite relative error > 0 (default {DEFAULT_RTOL:g})", 0, low_open=True),
-        help="Largest relative L2 error accepted against onnxruntime.")] = DEFAULT_RTOL,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            callback=validate.number(f"a finite relative error > 0 (default {DEFAULT_RTOL:g})", 0, low_open=True),
+            help="Largest relative L2 error accepted against onnxruntime.",
+        ),
+    ] = DEFAULT_RTOL,
     as_json: Json = False,
 ) -> None:
     """Convert the model at the chosen layers and cross-check every feature against onnxruntime."""
@@ -38,15 +42,23 @@ def check(
         return
     for applied in prepared.normalised.passes:
         console.dim(f"normalise: {applied.name}: {applied.detail}")
+    for note in prepared.notes:
+        console.note(note)
     if not prepared.conversion.batch_safe:
         console.note("this graph mixes samples within a batch; the analysis runs one sample at a time")
     console.dim(prepared.crosscheck.note)
     table = Table(title=escape(f"cross-check against onnxruntime ({prepared.crosscheck.provider})"))
-    for column in ("index", "layer", "op", "max abs err", "rel L2 err", "ok"):
+    for column in ("index", "layer", "op", "max abs err", "rel L2 err", "tolerance", "criterion", "ok"):
         table.add_column(column)
     for chosen, agreement in zip(prepared.layers, prepared.crosscheck.layers):
         table.add_row(
-            str(chosen.index), escape(chosen.name), escape(chosen.op_type), f"{agreement.max_abs_error:.2e}",
-            f"{agreement.rel_l2_error:.2e}", "yes" if agreement.passed else "NO",
+            str(chosen.index),
+            escape(chosen.name),
+            escape(chosen.op_type),
+            f"{agreement.max_abs_error:.2e}",
+            f"{agreement.rel_l2_error:.2e}",
+            f"{agreement.tolerance:.1e}",
+            agreement.criterion,
+            "yes" if agreement.passed else "NO",
         )
     stdout.print(table)

@@ -16,10 +16,26 @@ from onnx_infodiscard.output import check_output_folder, json_text
 from onnx_infodiscard.output.comparison import write_comparison
 from onnx_infodiscard_cli.console import fmt, stage_progress, stdout
 from onnx_infodiscard_cli.options import (
-    SOLVER, DeviceOpt, FailIf, Fg, FgBoxes, FgMask, Grid, MaxMemory, NewSubfolder, NoCache, Out, Ray, Samples, Seed,
-    Steps, Tau, choice, row_cache, solver_settings,
+    SOLVER,
+    DeviceOpt,
+    FailIf,
+    Fg,
+    FgBoxes,
+    FgMask,
+    Grid,
+    MaxMemory,
+    NewSubfolder,
+    NoCache,
+    Out,
+    Ray,
+    Samples,
+    Seed,
+    Steps,
+    Tau,
+    choice,
+    row_cache,
+    solver_settings,
 )
-
 
 VERDICTS = {"holds", "contradicted", "inconclusive"}
 
@@ -29,22 +45,48 @@ def register(app: typer.Typer) -> None:
 
 
 def compare(
-    models: Annotated[Optional[list[Path]], typer.Argument(
-        help="Two or more .onnx models (or none, with --groups).", show_default=False)] = None,
-    groups: Annotated[Optional[Path], typer.Option(
-        "--groups", help="A STUDY.toml: named groups of models and hypotheses on them, each answered with a "
-                         "bootstrap interval and a verdict (holds / contradicted / inconclusive).")] = None,
-    labels: Annotated[Optional[Path], typer.Option(
-        "--labels", help="CSV file,label (a boxes CSV's label column works): each model's accuracy beside its "
-                         "metrics.")] = None,
-    max_images: Annotated[Optional[int], typer.Option(
-        "--max-images", min=2, help="With --groups: this many of the study's images, evenly spread.")] = None,
-    images: Annotated[Optional[list[Path]], typer.Option(
-        "--images", "-i", help="Image files or folders, the same for every model; repeatable "
-                               "(default: the folder every model's card names).")] = None,
-    layers: Annotated[Optional[list[str]], typer.Option(
-        "--layers", "--layer", "-l", help="Layer name, index, glob or 'auto', the same for every model; repeatable "
-                                          "(default: each card's suggested layers, else auto).")] = None,
+    models: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="Two or more .onnx models (or none, with --groups).", show_default=False),
+    ] = None,
+    groups: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--groups",
+            help="A STUDY.toml: named groups of models and hypotheses on them, each answered with a "
+            "bootstrap interval and a verdict (holds / contradicted / inconclusive).",
+        ),
+    ] = None,
+    labels: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--labels",
+            help="CSV file,label (a boxes CSV's label column works): each model's accuracy beside its metrics.",
+        ),
+    ] = None,
+    max_images: Annotated[
+        Optional[int],
+        typer.Option("--max-images", min=2, help="With --groups: this many of the study's images, evenly spread."),
+    ] = None,
+    images: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--images",
+            "-i",
+            help="Image files or folders, the same for every model; repeatable "
+            "(default: the folder every model's card names).",
+        ),
+    ] = None,
+    layers: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--layers",
+            "--layer",
+            "-l",
+            help="Layer name, index, glob or 'auto', the same for every model; repeatable "
+            "(default: each card's suggested layers, else auto).",
+        ),
+    ] = None,
     tau: Tau = SOLVER.tau,
     steps: Steps = SOLVER.steps,
     samples: Samples = SOLVER.samples,
@@ -78,17 +120,30 @@ def compare(
     out = check_output_folder(out, [p for p in inputs if p is not None], new_subfolder=new_subfolder)
     foreground = Foreground.parse(fg, fg_mask, fg_boxes)
     with stage_progress(as_json) as progress:
-        comparison = run_compare(models, images, layers, settings=settings, foreground=foreground,
-                                 device=choice(device), rules=rules, labels=labels, cache=cache, ray=ray,
-                                 progress=progress)
+        comparison = run_compare(
+            models,
+            images,
+            layers,
+            settings=settings,
+            foreground=foreground,
+            device=choice(device),
+            rules=rules,
+            labels=labels,
+            cache=cache,
+            ray=ray,
+            progress=progress,
+        )
     folder = write_comparison(comparison, out, new_subfolder=new_subfolder)
     if as_json:
         data = comparison.to_json()
         print(json_text({k: data[k] for k in ("models", "converged", "table", "audit")} | {"out": str(folder)}), end="")
     else:
         _print_table(comparison, folder)
-    unconverged = [label for name, report in zip(comparison.models, comparison.reports)
-                   for label in unconverged_results(report, f"{name}:")]
+    unconverged = [
+        label
+        for name, report in zip(comparison.models, comparison.reports)
+        for label in unconverged_results(report, f"{name}:")
+    ]
     raise_verdict(comparison.outcomes, unconverged, "comparison")
 
 
@@ -99,14 +154,21 @@ def _study(path: Path, settings, max_images, device, fail_if, cache, out, new_su
 
     verdicts = {v.strip().lower() for v in fail_if or []}
     if verdicts - VERDICTS:
-        raise InputError(f"with --groups, give verdicts that fail the run: {', '.join(sorted(VERDICTS))}; "
-                         f"got {', '.join(sorted(verdicts - VERDICTS))}", option="fail_if")
+        raise InputError(
+            f"with --groups, give verdicts that fail the run: {', '.join(sorted(VERDICTS))}; "
+            f"got {', '.join(sorted(verdicts - VERDICTS))}",
+            option="fail_if",
+        )
     study = read_study(path)  # every check before any analysis
-    out = check_output_folder(out, [path, *study.images, *[m.path for m in study.models],
-                                    *([cache.root] if cache else [])], new_subfolder=new_subfolder)
+    out = check_output_folder(
+        out,
+        [path, *study.images, *[m.path for m in study.models], *([cache.root] if cache else [])],
+        new_subfolder=new_subfolder,
+    )
     with stage_progress(as_json) as progress:
-        result = run_study(study, settings=settings, max_images=max_images, device=device, cache=cache,
-                           progress=progress)
+        result = run_study(
+            study, settings=settings, max_images=max_images, device=device, cache=cache, progress=progress
+        )
     folder = write_study(result, out, new_subfolder=new_subfolder)
     if as_json:
         print(json_text(result.to_json() | {"out": str(folder)}), end="")
@@ -124,13 +186,21 @@ def _study(path: Path, settings, max_images, device, fail_if, cache, out, new_su
 
 
 def _print_table(comparison, folder: Path) -> None:
-    table = Table(title=f"information discarding by relative depth, τ={comparison.reports[0].settings.tau} "
-                        "(nats per input value)")
+    table = Table(
+        title=f"information discarding by relative depth, τ={comparison.reports[0].settings.tau} (nats per input value)"
+    )
     for column in ("model", "layer", "depth", "CID", "ΔCID", "concentration", "converged"):
         table.add_column(column, justify="left" if column in ("model", "layer") else "right")
     for r in sorted(comparison.rows, key=lambda r: (r.depth, comparison.models.index(r.model))):
-        table.add_row(escape(r.model), escape(r.layer), f"{r.depth:.2f}", fmt(r.cid), fmt(r.delta_cid),
-                      fmt(r.concentration), f"{r.n_converged}/{r.n_images}")
+        table.add_row(
+            escape(r.model),
+            escape(r.layer),
+            f"{r.depth:.2f}",
+            fmt(r.cid),
+            fmt(r.delta_cid),
+            fmt(r.concentration),
+            f"{r.n_converged}/{r.n_images}",
+        )
     stdout.print(table)
     for outcome in comparison.outcomes:
         style = "red" if outcome.failed else "green"

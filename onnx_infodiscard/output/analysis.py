@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import figures
 from ..results import RELIABILITY_FLAG
+from . import figures
 from .encode import SCHEMA_VERSION, join, json_safe, json_text, safe_name, write_csv
 from .folders import write_folder
 from .html import cell, escape, head, kv, png_uri, table
@@ -19,9 +19,23 @@ if TYPE_CHECKING:
 
 MARKER = "report.json"
 CSV_COLUMNS = (
-    "image", "layer", "layer_index", "depth", "cid", "cid_total", "delta_cid", "concentration",
-    "saturated_fraction", "converged", "d_over_tau", "d_over_tau_se", "eval_samples", "steps", "extra_steps",
-    "reliability", "seconds",
+    "image",
+    "layer",
+    "layer_index",
+    "depth",
+    "cid",
+    "cid_total",
+    "delta_cid",
+    "concentration",
+    "saturated_fraction",
+    "converged",
+    "d_over_tau",
+    "d_over_tau_se",
+    "eval_samples",
+    "steps",
+    "extra_steps",
+    "reliability",
+    "seconds",
 )
 RU_COLUMNS = ("ru", "ru_converged", "ru_d_over_tau", "decoder_psnr")
 
@@ -114,8 +128,10 @@ def _image_keys(report: Report) -> list[str]:
     counts: dict[str, int] = {}
     for image in report.images:
         counts[image.name] = counts.get(image.name, 0) + 1
-    return [f"{r.image}#{i}" if i is not None and counts.get(r.image, 0) > 1 else r.image
-            for r, i in zip(report.results, image_index(report))]
+    return [
+        f"{r.image}#{i}" if i is not None and counts.get(r.image, 0) > 1 else r.image
+        for r, i in zip(report.results, image_index(report))
+    ]
 
 
 def write_maps(report: Report, path: Path) -> None:
@@ -164,20 +180,28 @@ def _verdict(report: Report) -> list[str]:
     unconverged = [r for r in report.results if not r.converged]
     parts = []
     if unconverged:
-        items = "".join(f"<li>{escape(r.image)} · {escape(r.layer)}: D/τ = {cell(r.d_over_tau)} "
-                        f"(± {cell(r.d_over_tau_se)})</li>" for r in unconverged)
+        items = "".join(
+            f"<li>{escape(r.image)} · {escape(r.layer)}: D/τ = {cell(r.d_over_tau)} (± {cell(r.d_over_tau_se)})</li>"
+            for r in unconverged
+        )
         parts.append(
             f'<div class="alert"><b>{len(unconverged)} of {len(report.results)} result(s) did NOT CONVERGE</b> '
             f"(|D/τ − 1| &gt; {report.settings.tolerance:g} or too noisy). They are not results: they are "
             f"left out of the per-layer means and marked in red below. Try more --steps.<ul>{items}</ul></div>"
         )
     else:
-        parts.append(f'<p class="ok">All {len(report.results)} results converged '
-                     f"(|D/τ − 1| ≤ {report.settings.tolerance:g}).</p>")
+        parts.append(
+            f'<p class="ok">All {len(report.results)} results converged '
+            f"(|D/τ − 1| ≤ {report.settings.tolerance:g}).</p>"
+        )
     if report.audit:
-        parts.append("<h2>Audit (--fail-if)</h2><ul>" + "".join(
-            f'<li class="{"unconverged" if o.failed else ""}">{escape(o.describe())}</li>' for o in report.audit
-        ) + "</ul>")
+        parts.append(
+            "<h2>Audit (--fail-if)</h2><ul>"
+            + "".join(
+                f'<li class="{"unconverged" if o.failed else ""}">{escape(o.describe())}</li>' for o in report.audit
+            )
+            + "</ul>"
+        )
     if report.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
     return parts
@@ -191,11 +215,24 @@ def _layer_summary(report: Report) -> list[str]:
     total = _per_layer_total(report)
     means = report.layer_means()
     has_ru = any(r.ru is not None for r in report.results)
-    rows = [[m["index"], m["layer"], m["op_type"], m["depth"], f"{m['n_images']} / {total.get(m['layer'], 0)}",
-             m["cid"], m["delta_cid"], m["concentration"], m["d_over_tau"]]
-            + ([m["ru"], m["decoder_psnr"]] if has_ru else []) for m in means]
-    header = (["#", "layer", "op", "depth", "converged", "CID", "ΔCID", "concentration", "D/τ"]
-              + (["RU", "decoder PSNR (dB, held out)"] if has_ru else []))
+    rows = [
+        [
+            m["index"],
+            m["layer"],
+            m["op_type"],
+            m["depth"],
+            f"{m['n_images']} / {total.get(m['layer'], 0)}",
+            m["cid"],
+            m["delta_cid"],
+            m["concentration"],
+            m["d_over_tau"],
+        ]
+        + ([m["ru"], m["decoder_psnr"]] if has_ru else [])
+        for m in means
+    ]
+    header = ["#", "layer", "op", "depth", "converged", "CID", "ΔCID", "concentration", "D/τ"] + (
+        ["RU", "decoder PSNR (dB, held out)"] if has_ru else []
+    )
     return [
         "<h2>Per-layer summary</h2>",
         '<p class="muted">Means over images with a converged result. CID: mean pixel-wise entropy '
@@ -203,8 +240,12 @@ def _layer_summary(report: Report) -> list[str]:
         "distortion τ (nats per input value; high = information discarded). ΔCID: CID minus the "
         "input's own (identity layer) CID. Concentration: mean background H − mean foreground H "
         "(positive = the layer keeps the object and discards the background).</p>",
-        table(header, rows, numeric={0, 3, 5, 6, 7, 8, 9, 10},
-              row_class=lambda k: "unconverged" if means[k]["n_images"] < total.get(means[k]["layer"], 0) else ""),
+        table(
+            header,
+            rows,
+            numeric={0, 3, 5, 6, 7, 8, 9, 10},
+            row_class=lambda k: "unconverged" if means[k]["n_images"] < total.get(means[k]["layer"], 0) else "",
+        ),
     ]
 
 
@@ -220,46 +261,92 @@ def _layer_maps(report: Report, plots: list[tuple[str, object, bytes]]) -> list[
     ]
     for _, layer, png in plots:
         count = total.get(layer.name, 0)
-        parts.append(f"<h3>layer {layer.index}: <code>{escape(layer.name)}</code> "
-                     f"({escape(str(layer.op_type))}, depth {cell(layer.depth)})</h3>")
+        parts.append(
+            f"<h3>layer {layer.index}: <code>{escape(layer.name)}</code> "
+            f"({escape(str(layer.op_type))}, depth {cell(layer.depth)})</h3>"
+        )
         if count > figures.MAX_FIGURE_IMAGES:
-            parts.append(f'<p class="muted">Showing the first {figures.MAX_FIGURE_IMAGES} of {count} images; every '
-                         "map is in maps.npz and every number in metrics.csv.</p>")
+            parts.append(
+                f'<p class="muted">Showing the first {figures.MAX_FIGURE_IMAGES} of {count} images; every '
+                "map is in maps.npz and every number in metrics.csv.</p>"
+            )
         parts.append(f'<img alt="maps of layer {escape(layer.name, quote=True)}" src="{png_uri(png)}">')
     return parts
 
 
 def _result_tables(report: Report) -> list[str]:
-    rows = [[r.image, r.layer, r.cid, r.delta_cid, r.concentration, r.saturated_fraction,
-             "yes" if r.converged else "NOT CONVERGED", r.d_over_tau, r.d_over_tau_se, r.steps + r.extra_steps,
-             r.reliability if not r.reliability < RELIABILITY_FLAG else f"{r.reliability:.3f} LOW"]
-            for r in report.results]
+    rows = [
+        [
+            r.image,
+            r.layer,
+            r.cid,
+            r.delta_cid,
+            r.concentration,
+            r.saturated_fraction,
+            "yes" if r.converged else "NOT CONVERGED",
+            r.d_over_tau,
+            r.d_over_tau_se,
+            r.steps + r.extra_steps,
+            r.reliability if not r.reliability < RELIABILITY_FLAG else f"{r.reliability:.3f} LOW",
+        ]
+        for r in report.results
+    ]
     return [
         "<h2>Results per image and layer</h2>",
         f'<p class="muted">reliability: split-half correlation of the map, Spearman–Brown corrected (1 = no Monte '
         f"Carlo noise in its pixel structure); below {RELIABILITY_FLAG} it is marked LOW.</p>",
-        table(["image", "layer", "CID", "ΔCID", "concentration", "saturated", "converged", "D/τ", "± SE", "steps",
-               "reliability"],
-              rows, numeric={2, 3, 4, 5, 7, 8, 9, 10},
-              row_class=lambda k: "" if report.results[k].converged else "unconverged"),
+        table(
+            [
+                "image",
+                "layer",
+                "CID",
+                "ΔCID",
+                "concentration",
+                "saturated",
+                "converged",
+                "D/τ",
+                "± SE",
+                "steps",
+                "reliability",
+            ],
+            rows,
+            numeric={2, 3, 4, 5, 7, 8, 9, 10},
+            row_class=lambda k: "" if report.results[k].converged else "unconverged",
+        ),
         "<h2>Images</h2>",
-        table(["image", "input CID (nats per value)", "foreground"],
-              [[i.name, i.cid_input, "yes" if i.has_foreground else "no"] for i in report.images], numeric={1}),
+        table(
+            ["image", "input CID (nats per value)", "foreground"],
+            [[i.name, i.cid_input, "yes" if i.has_foreground else "no"] for i in report.images],
+            numeric={1},
+        ),
     ]
 
 
 def _model_and_parameters(report: Report) -> list[str]:
-    parts = ["<h2>Model</h2>", kv([
-        ("path", report.model_path), ("sha256", report.model_sha256), ("input", report.input_name),
-        ("input shape", "×".join(str(d) for d in report.input_shape)), ("device", report.device),
-        ("batch safe", "yes" if report.batch_safe else "no (one sample at a time)"),
-    ])]
+    parts = [
+        "<h2>Model</h2>",
+        kv(
+            [
+                ("path", report.model_path),
+                ("sha256", report.model_sha256),
+                ("input", report.input_name),
+                ("input shape", "×".join(str(d) for d in report.input_shape)),
+                ("device", report.device),
+                ("batch safe", "yes" if report.batch_safe else "no (one sample at a time)"),
+            ]
+        ),
+    ]
     if report.passes:
-        parts.append("<p>Normalisation passes:</p><ul>" + "".join(f"<li>{escape(p)}</li>" for p in report.passes)
-                     + "</ul>")
+        parts.append(
+            "<p>Normalisation passes:</p><ul>" + "".join(f"<li>{escape(p)}</li>" for p in report.passes) + "</ul>"
+        )
     parameters = {**asdict(report.settings), "foreground": report.foreground}
-    parts += ["<h2>Preprocessing</h2>", kv([(k, join(v)) for k, v in report.preprocessing.to_json().items()]),
-              "<h2>Parameters</h2>", kv([(k, join(v)) for k, v in parameters.items()])]
+    parts += [
+        "<h2>Preprocessing</h2>",
+        kv([(k, join(v)) for k, v in report.preprocessing.to_json().items()]),
+        "<h2>Parameters</h2>",
+        kv([(k, join(v)) for k, v in parameters.items()]),
+    ]
     return parts
 
 
@@ -270,7 +357,10 @@ def _crosscheck(report: Report) -> list[str]:
         "<h2>Cross-check against onnxruntime</h2>",
         f"<p>{verdict} · provider {escape(check.provider)} · tolerance {check.tolerance:g} "
         f"(relative L2) · {escape(check.note)}</p>",
-        table(["layer", "max abs error", "relative L2 error", "passed"],
-              [[a.layer, a.max_abs_error, a.rel_l2_error, "yes" if a.passed else "NO"] for a in check.layers],
-              numeric={1, 2}, row_class=lambda k: "" if check.layers[k].passed else "unconverged"),
+        table(
+            ["layer", "max abs error", "relative L2 error", "passed"],
+            [[a.layer, a.max_abs_error, a.rel_l2_error, "yes" if a.passed else "NO"] for a in check.layers],
+            numeric={1, 2},
+            row_class=lambda k: "" if check.layers[k].passed else "unconverged",
+        ),
     ]

@@ -15,8 +15,19 @@ if TYPE_CHECKING:
     from ..compare import Comparison
 
 MARKER = "comparison.json"
-COLUMNS = ("model", "layer", "index", "op_type", "depth", "cid", "delta_cid", "concentration", "converged",
-           "n_converged", "n_images")
+COLUMNS = (
+    "model",
+    "layer",
+    "index",
+    "op_type",
+    "depth",
+    "cid",
+    "delta_cid",
+    "concentration",
+    "converged",
+    "n_converged",
+    "n_images",
+)
 FILES = ("comparison.json", "comparison.csv", "comparison.png", "comparison.html")
 
 
@@ -45,50 +56,70 @@ def plot_png(comparison: Comparison) -> bytes:
 def _audit(comparison: Comparison) -> list[str]:
     failed = [o for o in comparison.outcomes if o.failed]
     n = len(comparison.outcomes)
-    verdict = (f'<div class="alert"><b>AUDIT FAILED: {len(failed)} of {n} rule(s) held</b></div>'
-               if failed else f'<p class="ok">Audit passed: none of {n} rule(s) held.</p>')
-    parts = ["<h2>Audit</h2>" + verdict + "<table><thead><tr><th>model</th><th>rule</th><th>layer</th>"
-             "<th>value</th><th>result</th></tr></thead><tbody>"]
+    verdict = (
+        f'<div class="alert"><b>AUDIT FAILED: {len(failed)} of {n} rule(s) held</b></div>'
+        if failed
+        else f'<p class="ok">Audit passed: none of {n} rule(s) held.</p>'
+    )
+    parts = [
+        "<h2>Audit</h2>" + verdict + "<table><thead><tr><th>model</th><th>rule</th><th>layer</th>"
+        "<th>value</th><th>result</th></tr></thead><tbody>"
+    ]
     for o in comparison.outcomes:
         css = ' class="unconverged"' if o.failed else ""
         reason = (" – " + escape(o.reason)) if o.reason else ""
-        parts.append(f"<tr{css}><td>{cell(o.model)}</td><td><code>{escape(o.rule)}</code></td>"
-                     f'<td>{escape(o.layer)}</td><td class="num">{cell(o.value)}</td>'
-                     f"<td>{'FAILED' if o.failed else 'ok'}{reason}</td></tr>")
+        parts.append(
+            f"<tr{css}><td>{cell(o.model)}</td><td><code>{escape(o.rule)}</code></td>"
+            f'<td>{escape(o.layer)}</td><td class="num">{cell(o.value)}</td>'
+            f"<td>{'FAILED' if o.failed else 'ok'}{reason}</td></tr>"
+        )
     parts.append("</tbody></table>")
     return parts
 
 
 def _layers(comparison: Comparison) -> list[str]:
     header = ("model", "layer", "op", "depth", "CID", "ΔCID", "concentration", "converged")
-    parts = ["<h2>Layers by relative depth</h2><table><thead><tr>" + "".join(f"<th>{c}</th>" for c in header)
-             + "</tr></thead><tbody>"]
+    parts = [
+        "<h2>Layers by relative depth</h2><table><thead><tr>"
+        + "".join(f"<th>{c}</th>" for c in header)
+        + "</tr></thead><tbody>"
+    ]
     for r in sorted(comparison.rows, key=lambda r: (r.depth, comparison.models.index(r.model))):
         css = "" if r.converged else ' class="unconverged"'
-        parts.append(f"<tr{css}><td>{cell(r.model)}</td><td><code>{escape(r.layer)}</code></td><td>{cell(r.op_type)}</td>"
-                     + "".join(f'<td class="num">{cell(v)}</td>'
-                               for v in (r.depth, r.cid, r.delta_cid, r.concentration))
-                     + f"<td>{r.n_converged} / {r.n_images}</td></tr>")
+        parts.append(
+            f"<tr{css}><td>{cell(r.model)}</td><td><code>{escape(r.layer)}</code></td><td>{cell(r.op_type)}</td>"
+            + "".join(f'<td class="num">{cell(v)}</td>' for v in (r.depth, r.cid, r.delta_cid, r.concentration))
+            + f"<td>{r.n_converged} / {r.n_images}</td></tr>"
+        )
     parts.append("</tbody></table>")
     return parts
 
 
 def _models(comparison: Comparison) -> list[str]:
-    parts = ["<h2>Models</h2><table><thead><tr><th>model</th><th>path</th><th>input</th>"
-             "<th>preprocessing</th><th>foreground</th><th>cross-check</th></tr></thead><tbody>"]
+    parts = [
+        "<h2>Models</h2><table><thead><tr><th>model</th><th>path</th><th>input</th>"
+        "<th>preprocessing</th><th>foreground</th><th>cross-check</th></tr></thead><tbody>"
+    ]
     for name, report in zip(comparison.models, comparison.reports):
         p = report.preprocessing
-        spec = (f"scale {p.scale:g}, mean {list(p.mean)}, std {list(p.std)}, {p.layout}{', BGR' if p.bgr else ''} "
-                f"({p.source})")
-        parts.append(f"<tr><td>{cell(name)}</td><td><code>{escape(report.model_path)}</code></td>"
-                     f"<td>{escape(report.input_name)} {'×'.join(map(str, report.input_shape))}</td>"
-                     f"<td>{escape(spec)}</td><td>{cell(report.foreground)}</td>"
-                     f"<td>{'passed' if report.crosscheck.passed else 'FAILED'}</td></tr>")
+        spec = (
+            f"scale {p.scale:g}, mean {list(p.mean)}, std {list(p.std)}, {p.layout}{', BGR' if p.bgr else ''} "
+            f"({p.source})"
+        )
+        parts.append(
+            f"<tr><td>{cell(name)}</td><td><code>{escape(report.model_path)}</code></td>"
+            f"<td>{escape(report.input_name)} {'×'.join(map(str, report.input_shape))}</td>"
+            f"<td>{escape(spec)}</td><td>{cell(report.foreground)}</td>"
+            f"<td>{'passed' if report.crosscheck.passed else 'FAILED'}</td></tr>"
+        )
     parts.append("</tbody></table>")
     if comparison.reports:
         settings = asdict(comparison.reports[0].settings)
-        parts.append("<h2>Parameters</h2><table><tbody>" + "".join(
-            f"<tr><th>{escape(k)}</th><td>{cell(v)}</td></tr>" for k, v in settings.items()) + "</tbody></table>")
+        parts.append(
+            "<h2>Parameters</h2><table><tbody>"
+            + "".join(f"<tr><th>{escape(k)}</th><td>{cell(v)}</td></tr>" for k, v in settings.items())
+            + "</tbody></table>"
+        )
     return parts
 
 
@@ -103,8 +134,10 @@ def comparison_html(comparison: Comparison, png: bytes) -> str:
     if comparison.outcomes:
         parts += _audit(comparison)
     if not comparison.converged:
-        parts.append('<div class="alert">Some (image, layer) results did not converge; they are left out of the '
-                     "means (hollow markers, converged = NO). Try more --steps.</div>")
+        parts.append(
+            '<div class="alert">Some (image, layer) results did not converge; they are left out of the '
+            "means (hollow markers, converged = NO). Try more --steps.</div>"
+        )
     parts += [
         "<h2>CID and concentration versus relative depth</h2>",
         f'<img alt="CID and concentration versus depth" src="{png_uri(png)}">',

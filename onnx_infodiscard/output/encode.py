@@ -84,7 +84,7 @@ def fmt(value, digits: int = 3) -> str:
     if isinstance(value, (float, np.floating)):
         if not math.isfinite(value):
             return str(float(value))
-        return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2e}"
+        return f"{value:.{digits}f}" if abs(value) >= 10**-digits or value == 0 else f"{value:.2e}"
     return str(value)
 
 

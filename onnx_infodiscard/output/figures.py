@@ -17,10 +17,10 @@ import numpy as np
 from .encode import fmt, short
 
 if TYPE_CHECKING:  # the writers pass these in; figures never import the analysis code at run time
-    from ..results import LayerResult, Report
     from ..compare import Comparison
     from ..layers import Layer
     from ..localize import Localization
+    from ..results import LayerResult, Report
 
 #: At most this many images are drawn per layer figure (all of them are in the JSON, CSV and maps).
 MAX_FIGURE_IMAGES = 8
@@ -132,8 +132,9 @@ def _titles(r: LayerResult, with_ru: bool) -> tuple[list[str], dict]:
         style = {"fontsize": 8, "color": "red", "fontweight": "bold"}
     if with_ru and r.ru is not None:
         flag = "" if r.ru.converged else "NOT CONVERGED  "
-        titles.append(f"{flag}RU {fmt(r.ru.mean)}  D/τ {fmt(r.ru.d_over_tau)}\n"
-                      f"decoder PSNR {fmt(r.ru.decoder_psnr, 1)} dB")
+        titles.append(
+            f"{flag}RU {fmt(r.ru.mean)}  D/τ {fmt(r.ru.d_over_tau)}\ndecoder PSNR {fmt(r.ru.decoder_psnr, 1)} dB"
+        )
     return titles, style
 
 
@@ -143,8 +144,9 @@ def _colorbars(figure, grid: _Grid, first: float, last: float) -> None:
     labels = {"entropy": ENTROPY_LABEL, "sensitivity": SENSITIVITY_LABEL, "ru": RU_LABEL}
     for x0, (name, (norm, cmap)) in zip(grid.columns, grid.scales.items()):
         left = x0 + grid.tile + grid.gap
-        cax = figure.add_axes((left / grid.width, 1 - last / grid.height, grid.bar / grid.width,
-                               (last - first) / grid.height))
+        cax = figure.add_axes(
+            (left / grid.width, 1 - last / grid.height, grid.bar / grid.width, (last - first) / grid.height)
+        )
         colorbar = figure.colorbar(ScalarMappable(norm, cmap), cax=cax)
         colorbar.set_label(labels[name], fontsize=9)
         colorbar.ax.tick_params(labelsize=8)
@@ -194,24 +196,36 @@ def _depth_panel(axis, report: Report, key: str, label: str, means: list[dict], 
     dots = [(depth_of.get(r.layer), getattr(r, key)) for r in report.results if r.converged]
     dots = [(x, y) for x, y in dots if x is not None and y is not None and math.isfinite(y)]
     if dots:
-        axis.scatter([x for x, _ in dots], [y for _, y in dots], s=10, color="0.6", alpha=0.6,
-                     label="per image", zorder=2)
+        axis.scatter(
+            [x for x, _ in dots], [y for _, y in dots], s=10, color="0.6", alpha=0.6, label="per image", zorder=2
+        )
     points = sorted((m["depth"], m[key], m["layer"]) for m in means if m[key] is not None and m["depth"] is not None)
     if points:
-        axis.plot([p[0] for p in points], [p[1] for p in points], "o-", color="C0", label="mean over images",
-                  zorder=3)
+        axis.plot([p[0] for p in points], [p[1] for p in points], "o-", color="C0", label="mean over images", zorder=3)
         for x, y, name in points:
             right = x > 0.75  # labels near the right edge go to the left of their point
-            axis.annotate(short(name, 18), (x, y), textcoords="offset points", xytext=(-3 if right else 3, 4),
-                          ha="right" if right else "left", fontsize=6)
+            axis.annotate(
+                short(name, 18),
+                (x, y),
+                textcoords="offset points",
+                xytext=(-3 if right else 3, 4),
+                ha="right" if right else "left",
+                fontsize=6,
+            )
     if key == "cid" and baselines:
         axis.axhline(float(np.mean(baselines)), color="C3", linestyle="--", label="input (identity) baseline")
     if key in ("delta_cid", "concentration"):
         axis.axhline(0.0, color="0.3", linewidth=0.8)
     missing = [m["layer"] for m in means if m[key] is None]
     if key != "concentration" and missing:
-        axis.text(0.02, 0.02, f"{len(missing)} layer(s) without a converged result", transform=axis.transAxes,
-                  fontsize=7, color="red")
+        axis.text(
+            0.02,
+            0.02,
+            f"{len(missing)} layer(s) without a converged result",
+            transform=axis.transAxes,
+            fontsize=7,
+            color="red",
+        )
     axis.set_xlabel("relative layer depth")
     axis.set_ylabel(label, fontsize=9)
     axis.set_xlim(-0.05, 1.05)
@@ -249,8 +263,11 @@ def comparison_figure(comparison: Comparison):
     for k, (key, label) in enumerate(panels):
         axis = figure.add_subplot(1, len(panels), k + 1)
         for i, name in enumerate(comparison.models):
-            points = sorted((r.depth, getattr(r, key), r.converged) for r in comparison.rows
-                            if r.model == name and getattr(r, key) is not None)
+            points = sorted(
+                (r.depth, getattr(r, key), r.converged)
+                for r in comparison.rows
+                if r.model == name and getattr(r, key) is not None
+            )
             if not points:
                 continue
             color = f"C{i % 10}"
@@ -288,11 +305,19 @@ def localization_summary(result: Localization) -> bytes:
     y = np.arange(len(names))
     loc = [m.loc_acc for m in result.methods]
     colours = ["#888888" if m.control else "#1f77b4" for m in result.methods]
-    bars.barh(y - 0.2, loc, 0.4, xerr=[m.loc_acc_se for m in result.methods], color=colours,
-              label="localisation (IoU ≥ 0.5)")
+    bars.barh(
+        y - 0.2, loc, 0.4, xerr=[m.loc_acc_se for m in result.methods], color=colours, label="localisation (IoU ≥ 0.5)"
+    )
     bars.barh(y + 0.2, [m.pointing_acc for m in result.methods], 0.4, color=colours, alpha=0.45, label="pointing game")
-    bars.scatter([m.loc_acc_best for m in result.methods], y - 0.2, marker="D", s=14, color="k",
-                 label="localisation at the best fraction", zorder=3)
+    bars.scatter(
+        [m.loc_acc_best for m in result.methods],
+        y - 0.2,
+        marker="D",
+        s=14,
+        color="k",
+        label="localisation at the best fraction",
+        zorder=3,
+    )
     bars.set_yticks(y, [n if len(n) < 28 else n[:12] + "…" + n[-12:] for n in names], fontsize=8)
     bars.invert_yaxis()
     bars.set_xlim(0, 1)
@@ -300,8 +325,13 @@ def localization_summary(result: Localization) -> bytes:
     bars.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     steps = np.linspace(0, 1, len(result.methods[0].deletion_curve)) if result.methods else []
     for m in result.methods:
-        curves.plot(steps, m.deletion_curve, linestyle="--" if m.control else "-", linewidth=1.2,
-                    label=f"{m.name} (AUC {m.deletion_auc:.2f})")
+        curves.plot(
+            steps,
+            m.deletion_curve,
+            linestyle="--" if m.control else "-",
+            linewidth=1.2,
+            label=f"{m.name} (AUC {m.deletion_auc:.2f})",
+        )
     curves.set_xlabel("fraction of pixels deleted (most relevant first)")
     curves.set_ylabel("class probability / clean")
     curves.set_title("deletion: lower = more faithful", fontsize=9)
@@ -313,8 +343,11 @@ def localization_summary(result: Localization) -> bytes:
 def _box(axis, box, colour) -> None:
     from matplotlib.patches import Rectangle
 
-    axis.add_patch(Rectangle((box[0] - 0.5, box[1] - 0.5), box[2] - box[0], box[3] - box[1],
-                             fill=False, edgecolor=colour, linewidth=1.2))
+    axis.add_patch(
+        Rectangle(
+            (box[0] - 0.5, box[1] - 0.5), box[2] - box[0], box[3] - box[1], fill=False, edgecolor=colour, linewidth=1.2
+        )
+    )
 
 
 def localization_overlay(result: Localization, index: int) -> bytes:

@@ -45,8 +45,9 @@ LOCK_TIMEOUT = 120.0
 SCRATCH_NOTE = "a folder being written by onnx-infodiscard; safe to delete when no run is writing\n"
 
 
-def check_output_folder(out: Path | str, inputs: Sequence[Path | str | None] = (), *,
-                        new_subfolder: bool = False) -> Path:
+def check_output_folder(
+    out: Path | str, inputs: Sequence[Path | str | None] = (), *, new_subfolder: bool = False
+) -> Path:
     """Up front, before any work: `out` may be written, and writing it can lose nothing. Returns it absolute.
 
     Refused (InputError, option "out"): the file system root, an existing file, a dangling link, a
@@ -70,14 +71,22 @@ def check_output_folder(out: Path | str, inputs: Sequence[Path | str | None] = (
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"cannot create the output folder {out}: {existing} is a file, not a folder; "
-                         "choose another output folder", option="out")
+        raise InputError(
+            f"cannot create the output folder {out}: {existing} is a file, not a folder; choose another output folder",
+            option="out",
+        )
     _require_writable(out, existing)
     return out
 
 
-def write_folder(out: Path | str, write: Callable[[Path], None], marker: str, *, new_subfolder: bool = False,
-                 lock_timeout: float = LOCK_TIMEOUT) -> Path:
+def write_folder(
+    out: Path | str,
+    write: Callable[[Path], None],
+    marker: str,
+    *,
+    new_subfolder: bool = False,
+    lock_timeout: float = LOCK_TIMEOUT,
+) -> Path:
     """Fill a new folder with `write(folder)`, add its manifest, and put it in place as `out`; return the path.
 
     `marker` is the output's main file (report.json, ...): the last to appear, so a folder without
@@ -112,11 +121,15 @@ def refuse_unknown(out: Path) -> None:
     if not unknown:
         return
     names = ", ".join(unknown[:3]) + (" and more" if len(unknown) > 3 else "")
-    earlier = read_manifest(out) is None and any((out / m).is_file() for m in
-                                                 ("report.json", "comparison.json", "localization.json"))
+    earlier = read_manifest(out) is None and any(
+        (out / m).is_file() for m in ("report.json", "comparison.json", "localization.json")
+    )
     hint = " (an earlier output without a manifest: delete it yourself if it can go)" if earlier else ""
-    raise InputError(f"{out} holds files this tool did not write ({names}){hint}; nothing was replaced: choose "
-                     "another output folder, or ask for a new subfolder inside it", option="out")
+    raise InputError(
+        f"{out} holds files this tool did not write ({names}){hint}; nothing was replaced: choose "
+        "another output folder, or ask for a new subfolder inside it",
+        option="out",
+    )
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -126,15 +139,18 @@ def _absolute(out: Path | str) -> Path:
     out = Path(os.path.abspath(Path(out).expanduser()))
     if out.is_symlink():
         if not out.exists():
-            raise InputError(f"{out} is a link to {os.readlink(out)}, which does not exist; give a folder path "
-                             "(or remove the link)", option="out")
+            raise InputError(
+                f"{out} is a link to {os.readlink(out)}, which does not exist; give a folder path (or remove the link)",
+                option="out",
+            )
         if out.is_dir():
             out = out.resolve()
     if out.parent == out:
         raise InputError(f"{out}: give a folder for the output, not the file system root", option="out")
     if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is an existing file; give a folder path for the output (or remove the file)",
-                         option="out")
+        raise InputError(
+            f"{out} is an existing file; give a folder path for the output (or remove the file)", option="out"
+        )
     return out
 
 
@@ -145,17 +161,21 @@ def _refuse_inputs(out: Path, inputs: Sequence[Path | str | None]) -> None:
             continue
         real = Path(os.path.realpath(Path(given).expanduser()))
         if real == real_out:
-            raise InputError(f"{out} is also an input ({given}); write the output to a folder of its own",
-                             option="out")
+            raise InputError(f"{out} is also an input ({given}); write the output to a folder of its own", option="out")
         if real_out in real.parents:
-            raise InputError(f"{out} holds the input {given}; write the output to a folder of its own, outside the "
-                             "inputs", option="out")
+            raise InputError(
+                f"{out} holds the input {given}; write the output to a folder of its own, outside the inputs",
+                option="out",
+            )
 
 
 def _require_writable(out: Path, folder: Path) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write the output folder {out}: {folder} is not writable; choose another output "
-                         "folder or fix its permissions", option="out")
+        raise InputError(
+            f"cannot write the output folder {out}: {folder} is not writable; choose another output "
+            "folder or fix its permissions",
+            option="out",
+        )
 
 
 def _in_place(out: Path) -> bool:
@@ -178,8 +198,10 @@ def _mkdir(folder: Path, created: list[Path]) -> bool:
     except FileExistsError:
         return False
     except OSError as err:
-        raise InputError(f"cannot create the output folder {folder} ({err.strerror or err}); choose another "
-                         "output folder", option="out") from None
+        raise InputError(
+            f"cannot create the output folder {folder} ({err.strerror or err}); choose another output folder",
+            option="out",
+        ) from None
     created.append(folder)
     return True
 
@@ -206,9 +228,11 @@ def _scratch(parent: Path, prefix: str, out: Path) -> Path:
     try:
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     except OSError as err:
-        raise InputError(f"cannot write the output folder {out}: {parent} is not writable "
-                         f"({err.strerror or err}); choose another output folder or fix its permissions",
-                         option="out") from None
+        raise InputError(
+            f"cannot write the output folder {out}: {parent} is not writable "
+            f"({err.strerror or err}); choose another output folder or fix its permissions",
+            option="out",
+        ) from None
     os.chmod(tmp, 0o755)
     (tmp / TMP_MARKER).write_text(SCRATCH_NOTE, encoding="utf-8")
     return tmp
@@ -269,8 +293,15 @@ def _replace_in_place(out: Path, write: Callable[[Path], None], marker: str) -> 
         old = read_manifest(out) or {"files": {}, "folders": []}
         # While files move, every name of both outputs is known (by name only): a killed run leaves a
         # folder that the next run may still replace, and no marker, so it never looks complete.
-        write_json_atomically(out / MANIFEST, {**new, "complete": False, "files": {**old["files"], **new["files"]},
-                                               "folders": sorted({*old.get("folders", []), *new["folders"]})})
+        write_json_atomically(
+            out / MANIFEST,
+            {
+                **new,
+                "complete": False,
+                "files": {**old["files"], **new["files"]},
+                "folders": sorted({*old.get("folders", []), *new["folders"]}),
+            },
+        )
         (out / marker).unlink(missing_ok=True)
         for rel in new["folders"]:
             (out / rel).mkdir(parents=True, exist_ok=True)
@@ -326,8 +357,10 @@ def _locked(out: Path, timeout: float) -> Iterator[None]:
             holder = _read_holder(fd)
             os.close(fd)
             if time.monotonic() > deadline:
-                raise InputError(f"another run{holder} is writing {out}; wait for it to finish, or choose another "
-                                 "output folder", option="out") from None
+                raise InputError(
+                    f"another run{holder} is writing {out}; wait for it to finish, or choose another output folder",
+                    option="out",
+                ) from None
             time.sleep(0.05)
             continue
         except BaseException:

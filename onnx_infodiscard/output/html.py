@@ -50,8 +50,12 @@ def head(title: str) -> list[str]:
     ]
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence], numeric: Iterable[int] = frozenset(),
-          row_class: Callable[[int], str] | None = None) -> str:
+def table(
+    header: Sequence[str],
+    rows: Sequence[Sequence],
+    numeric: Iterable[int] = frozenset(),
+    row_class: Callable[[int], str] | None = None,
+) -> str:
     """A table of escaped cells; `numeric` columns right-aligned, `row_class(k)` a CSS class per row."""
     numeric = set(numeric)
     out = ["<table><thead><tr>", *[f"<th>{html.escape(h)}</th>" for h in header], "</tr></thead><tbody>"]
@@ -67,9 +71,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence], numeric: Iterable[int
 
 def kv(pairs: Iterable[tuple[str, object]]) -> str:
     """A two-column table of names and values."""
-    return "<table><tbody>" + "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{cell(v)}</td></tr>" for k, v in pairs
-    ) + "</tbody></table>"
+    return (
+        "<table><tbody>"
+        + "".join(f"<tr><th>{html.escape(k)}</th><td>{cell(v)}</td></tr>" for k, v in pairs)
+        + "</tbody></table>"
+    )
 
 
 def png_uri(png: bytes) -> str:

@@ -46,8 +46,14 @@ def write_manifest(folder: Path, kind: str) -> dict:
                 continue
             path = Path(root) / name
             files[(base / name).as_posix()] = {"bytes": path.stat().st_size, "sha256": digest(path)}
-    data = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "kind": kind, "complete": True,
-            "files": files, "folders": folders}
+    data = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "complete": True,
+        "files": files,
+        "folders": folders,
+    }
     write_json_atomically(folder / MANIFEST, data)
     return data
 
@@ -71,8 +77,10 @@ def read_manifest(folder: Path) -> dict | None:
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
         return None
     files = data["files"]
-    if not all(isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
-               for v in files.values()):
+    if not all(
+        isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+        for v in files.values()
+    ):
         return None
     if not isinstance(data.get("folders", []), list):
         return None

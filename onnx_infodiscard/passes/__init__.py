@@ -26,9 +26,9 @@ from .inputs import (
 )
 from .lowering import explicit_split, lower_gelu
 from .opset import convert_opset, lower_ir_version
-from .quantised import dequantise
 from .padding import explicit_auto_pad, rewrite_asymmetric_average_pool
 from .proto import default_opset, dims, shape_table
+from .quantised import dequantise
 from .shapes import infer_shapes
 from .support import unconvertible_nodes
 

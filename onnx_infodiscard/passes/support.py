@@ -5,7 +5,6 @@ from __future__ import annotations
 import onnx
 
 
-
 def has_converter(op_type: str, domain: str, version: int) -> bool:
     """Whether onnx2torch has a converter for the op at this opset.
 
@@ -42,5 +41,3 @@ def _since_version(op_type: str, domain: str, version: int | None) -> int | None
         return onnx.defs.get_schema(op_type, max_inclusive_version=version or 1, domain=domain).since_version
     except onnx.defs.SchemaError:
         return version or None
-
-

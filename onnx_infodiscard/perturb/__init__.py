@@ -23,7 +23,25 @@ from .settings import (
 from .solver import Solver, solve
 
 __all__ = [
-    "DUAL_RATE", "LOG_SIGMA_MIN", "MEMORY_FORMATS", "NOISE_BLOCK", "PRECISIONS", "RECONSTRUCTION_FLOOR",
-    "Distortion", "Estimate", "Feature", "Pipeline", "Solution", "Solver", "SolverSettings", "available_memory",
-    "estimate", "image_hash", "peak_memory", "resolve_device", "row_seed", "solve", "usable_cores",
+    "DUAL_RATE",
+    "LOG_SIGMA_MIN",
+    "MEMORY_FORMATS",
+    "NOISE_BLOCK",
+    "PRECISIONS",
+    "RECONSTRUCTION_FLOOR",
+    "Distortion",
+    "Estimate",
+    "Feature",
+    "Pipeline",
+    "Solution",
+    "Solver",
+    "SolverSettings",
+    "available_memory",
+    "estimate",
+    "image_hash",
+    "peak_memory",
+    "resolve_device",
+    "row_seed",
+    "solve",
+    "usable_cores",
 ]

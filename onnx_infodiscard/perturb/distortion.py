@@ -30,9 +30,15 @@ class Distortion:
     Distortion converts its own copies of the modules; the caller's stay as they were.
     """
 
-    def __init__(self, features: Mapping[str, Feature], images: torch.Tensor, image_of_row: Sequence[int],
-                 layer_of_row: Sequence[str], image_names: Sequence[str] | None = None,
-                 memory_format: str = "contiguous"):
+    def __init__(
+        self,
+        features: Mapping[str, Feature],
+        images: torch.Tensor,
+        image_of_row: Sequence[int],
+        layer_of_row: Sequence[str],
+        image_names: Sequence[str] | None = None,
+        memory_format: str = "contiguous",
+    ):
         self.channels_last = memory_format == "channels_last" and images.dim() == 4
         self._copies: dict = {}  # deepcopy memo: modules shared between features stay shared in the copies
         self.features = {name: self._own(feature) for name, feature in features.items()}
@@ -86,8 +92,13 @@ class Distortion:
                 self._lower_precision[key] = self.features[name](self._layout(self.images)).float()
         return self._lower_precision[key]
 
-    def flat(self, x: torch.Tensor, rows: torch.Tensor, precision: str = "fp32",
-             decoders: Mapping[str, nn.Module] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def flat(
+        self,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        precision: str = "fp32",
+        decoders: Mapping[str, nn.Module] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """D of each perturbed canonical input x (n, C, H, W) of row `rows` (n,) -> (n,).
 
         With `decoders` ({layer: g}), also the squared reconstruction error (g(h(P(x'))) − x)²
@@ -112,16 +123,23 @@ class Distortion:
         clean = self.images[self.image_of_row[rows]].unsqueeze(1)
         return (clean + torch.exp(log_sigma).unsqueeze(1) * noise).flatten(0, 1)
 
-    def per_sample(self, log_sigma: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor,
-                   precision: str = "fp32") -> torch.Tensor:
+    def per_sample(
+        self, log_sigma: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor, precision: str = "fp32"
+    ) -> torch.Tensor:
         """D of each (row, sample): log_sigma (r, 1, H, W), rows (r,), noise (r, K, C, H, W) -> (r, K)."""
         r, k = noise.shape[:2]
         flat_rows = rows.repeat_interleave(k)
         d, _ = self.flat(self._perturbed(log_sigma, rows, noise), flat_rows, precision)
         return d.view(r, k)
 
-    def per_sample_with_errors(self, log_sigma: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor,
-                               decoders: Mapping[str, nn.Module], precision: str = "fp32"):
+    def per_sample_with_errors(
+        self,
+        log_sigma: torch.Tensor,
+        rows: torch.Tensor,
+        noise: torch.Tensor,
+        decoders: Mapping[str, nn.Module],
+        precision: str = "fp32",
+    ):
         """`per_sample` and the squared reconstruction errors (r, K, C, H, W) of the decoders' g_l."""
         r, k = noise.shape[:2]
         d, errors = self.flat(self._perturbed(log_sigma, rows, noise), rows.repeat_interleave(k), precision, decoders)

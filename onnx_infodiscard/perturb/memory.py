@@ -91,8 +91,9 @@ def peak_memory(device: torch.device) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
-def _probe(distortion: Distortion, row: int, count: int, decoders: Mapping[str, nn.Module] | None,
-           precision: str) -> tuple[int, int, float]:
+def _probe(
+    distortion: Distortion, row: int, count: int, decoders: Mapping[str, nn.Module] | None, precision: str
+) -> tuple[int, int, float]:
     """(bytes autograd saves, largest saved tensor, seconds) of one step of `count` samples of `row`."""
     seen: dict[tuple[int, int], int] = {}
 
@@ -116,8 +117,9 @@ def _probe(distortion: Distortion, row: int, count: int, decoders: Mapping[str, 
     return sum(seen.values()), max(seen.values(), default=0), time.perf_counter() - start
 
 
-def estimate(distortion: Distortion, settings: SolverSettings,
-             decoders: Mapping[str, nn.Module] | None = None) -> Estimate:
+def estimate(
+    distortion: Distortion, settings: SolverSettings, decoders: Mapping[str, nn.Module] | None = None
+) -> Estimate:
     """Bytes per sample at the costliest layer, the batch that keeps the solve within
     `settings.max_memory` (default: half of what the process may use), and the predicted time."""
     device = distortion.images.device

@@ -56,8 +56,9 @@ class Piece:
     count: int
 
 
-def row_noise(seed: int, draw: Sequence[int], start: int, count: int, shape: Sequence[int],
-              device: torch.device) -> torch.Tensor:
+def row_noise(
+    seed: int, draw: Sequence[int], start: int, count: int, shape: Sequence[int], device: torch.device
+) -> torch.Tensor:
     """Samples [start, start + count) of the draw `draw` of the row seeded `seed`: (count, *shape)."""
     out = torch.empty((count, *shape), device=device)
     generator = torch.Generator(device=device)

@@ -86,8 +86,9 @@ class Projector:
         values = self.solver.ratio_samples(theta, rows * self.solver.replicates, requests)
         return torch.log(torch.stack([v.mean() for v in values]).clamp_min(1e-30))
 
-    def _search(self, base: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, everything: torch.Tensor,
-                outer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _search(
+        self, base: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, everything: torch.Tensor, outer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The shift c of each row with log D/τ(c) = 0 on the pilot sample: secant steps, kept inside
         the bracket found so far (bisection when a secant step leaves it); and the local slope
         d log(D/τ)/dc there, which places later shifts from precise measurements."""

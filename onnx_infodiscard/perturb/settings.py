@@ -63,12 +63,18 @@ class SolverSettings:
             ("sigma_max", self.sigma_max > 0, f"{self.sigma_max} is not > 0 (default 1.0, the full pixel range)"),
             ("grid", self.grid is None or self.grid > 0, f"{self.grid}: give a positive grid size, e.g. 16"),
             ("max_batch", self.max_batch > 0, f"{self.max_batch}: give at least 1 forward pass per chunk"),
-            ("max_memory", self.max_memory is None or self.max_memory > 0,
-             f"{self.max_memory}: give a positive number of bytes"),
+            (
+                "max_memory",
+                self.max_memory is None or self.max_memory > 0,
+                f"{self.max_memory}: give a positive number of bytes",
+            ),
             ("extra_steps", self.extra_steps >= 0, f"{self.extra_steps}: give 0 or more extra steps (default 100)"),
             ("precision", self.precision in PRECISIONS, f"{self.precision!r}: use {', '.join(PRECISIONS)}"),
-            ("memory_format", self.memory_format in MEMORY_FORMATS,
-             f"{self.memory_format!r}: use {', '.join(MEMORY_FORMATS)}"),
+            (
+                "memory_format",
+                self.memory_format in MEMORY_FORMATS,
+                f"{self.memory_format!r}: use {', '.join(MEMORY_FORMATS)}",
+            ),
         ]
         for option, ok, message in checks:
             if not ok:
@@ -111,7 +117,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InputError("torch sees no CUDA device here (torch.cuda.is_available() is False); use cpu or auto",
-                             option="device")
+            raise InputError(
+                "torch sees no CUDA device here (torch.cuda.is_available() is False); use cpu or auto", option="device"
+            )
         return torch.device(name)
     raise InputError(f"{name!r}: use auto, cpu or cuda", option="device")

@@ -47,8 +47,13 @@ class Solver:
     its own noise stream and half the samples; the row's map is their mean.
     """
 
-    def __init__(self, distortion: Distortion, settings: SolverSettings, progress: Callable[[int], None] | None = None,
-                 decoders: Mapping[str, nn.Module] | None = None):
+    def __init__(
+        self,
+        distortion: Distortion,
+        settings: SolverSettings,
+        progress: Callable[[int], None] | None = None,
+        decoders: Mapping[str, nn.Module] | None = None,
+    ):
         settings.validate()
         self.d, self.s, self.decoders = distortion, settings, decoders
         self.progress = progress or (lambda advance: None)
@@ -59,8 +64,10 @@ class Solver:
         self.lattice = (min(grid, self.height), min(grid, self.width)) if grid else (self.height, self.width)
         self.replicates = 2 if settings.reliability and settings.samples >= 2 else 1
         self.samples = max(1, settings.samples // self.replicates)
-        self.seeds = [seed_of_hash(settings.seed, distortion.row_image_hash(r), distortion.row_layers[r])
-                      for r in range(distortion.rows)]
+        self.seeds = [
+            seed_of_hash(settings.seed, distortion.row_image_hash(r), distortion.row_layers[r])
+            for r in range(distortion.rows)
+        ]
         self.unit_row = torch.arange(distortion.rows, device=self.device).repeat_interleave(self.replicates)
         self.estimate = estimate(distortion, settings, decoders)
         self.max_batch, self.eval_batch = self.estimate.batch, self.estimate.eval_batch
@@ -102,11 +109,19 @@ class Solver:
         multiplier = self.state.log_multiplier.exp().view(self.d.rows, self.replicates).mean(1)
         return Solution(
             log_sigma=self.full_resolution(theta).squeeze(1).cpu().numpy(),
-            d_over_tau=ratio.cpu().numpy(), standard_error=se.cpu().numpy(), eval_samples=n.cpu().numpy(),
-            multiplier=multiplier.cpu().numpy(), converged=converged.cpu().numpy(), steps=s.steps,
-            seconds=time.perf_counter() - start, max_batch=self.max_batch, extra_steps=extra.cpu().numpy(),
+            d_over_tau=ratio.cpu().numpy(),
+            standard_error=se.cpu().numpy(),
+            eval_samples=n.cpu().numpy(),
+            multiplier=multiplier.cpu().numpy(),
+            converged=converged.cpu().numpy(),
+            steps=s.steps,
+            seconds=time.perf_counter() - start,
+            max_batch=self.max_batch,
+            extra_steps=extra.cpu().numpy(),
             reliability=self._reliability() if self.replicates == 2 else None,
-            peak_memory=peak_memory(self.device), memory_budget=self.estimate.budget, estimate=self.estimate,
+            peak_memory=peak_memory(self.device),
+            memory_budget=self.estimate.budget,
+            estimate=self.estimate,
             halvings=self.halvings,
         )
 
@@ -182,8 +197,12 @@ class Solver:
             d, errors = self.d.flat(x, rows, self.s.precision, self.decoders)
             loss = d.sum() / (k * tau)
             if errors is not None:  # whole draws: one piece per unit
-                gains = torch.stack([0.5 * torch.log(e.mean(0) + RECONSTRUCTION_FLOOR).mean()
-                                     for e in errors.split([p.count for p in chunk])])
+                gains = torch.stack(
+                    [
+                        0.5 * torch.log(e.mean(0) + RECONSTRUCTION_FLOOR).mean()
+                        for e in errors.split([p.count for p in chunk])
+                    ]
+                )
                 loss = loss - (multiplier[index] * gains).sum()
             loss.backward()
             ratios.index_add_(0, index[owners], d.detach() / (k * tau))
@@ -257,8 +276,10 @@ class Solver:
                 return stage()
             except torch.OutOfMemoryError:
                 if self.max_batch <= 1 and self.eval_batch <= 1:
-                    raise InputError("out of device memory even at one sample per batch; use a smaller input "
-                                     "or the cpu", option="device") from None
+                    raise InputError(
+                        "out of device memory even at one sample per batch; use a smaller input or the cpu",
+                        option="device",
+                    ) from None
                 self.halvings += 1
                 self.max_batch = max(1, self.max_batch // 2)
                 self.eval_batch = max(1, self.eval_batch // 2)
@@ -311,8 +332,13 @@ class _State:
         return torch.where(fallback, self.theta.detach(), self.sum / self.summed.clamp_min(1).view(shape))
 
 
-def solve(distortion: Distortion, settings: SolverSettings, progress: Callable[[int], None] | None = None,
-          decoders: Mapping[str, nn.Module] | None = None, reconstruction_samples: int = 0) -> Solution:
+def solve(
+    distortion: Distortion,
+    settings: SolverSettings,
+    progress: Callable[[int], None] | None = None,
+    decoders: Mapping[str, nn.Module] | None = None,
+    reconstruction_samples: int = 0,
+) -> Solution:
     """Solve every row within the memory budget; an out-of-memory on a device halves the batch and
     the solve goes on. With `decoders`, the RU objective; `reconstruction_samples` > 0 also fills
     `Solution.reconstruction_error` with E[(g − x)²] maps."""

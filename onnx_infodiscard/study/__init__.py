@@ -11,7 +11,23 @@ from .spec import METRICS, Hypothesis, ModelEntry, Study, parse_hypothesis, read
 from .stats import HypothesisResult, ModelMetrics, evaluate_hypothesis, spearman, verdict
 
 __all__ = [
-    "METRICS", "Hypothesis", "HypothesisResult", "ModelEntry", "ModelMetrics", "Study", "StudyResult", "answer",
-    "evaluate_hypothesis", "html_section", "metrics_from_report", "parse_hypothesis", "plot_png", "read_study",
-    "run_study", "spearman", "to_csv", "verdict", "write_study",
+    "METRICS",
+    "Hypothesis",
+    "HypothesisResult",
+    "ModelEntry",
+    "ModelMetrics",
+    "Study",
+    "StudyResult",
+    "answer",
+    "evaluate_hypothesis",
+    "html_section",
+    "metrics_from_report",
+    "parse_hypothesis",
+    "plot_png",
+    "read_study",
+    "run_study",
+    "spearman",
+    "to_csv",
+    "verdict",
+    "write_study",
 ]

@@ -15,8 +15,23 @@ from ..output import json_text, write_folder
 from .run import StudyResult
 from .stats import HypothesisResult
 
-CSV_COLUMNS = ("hypothesis", "kind", "metric", "depth", "depth2", "expected_sign", "effect", "ci_low", "ci_high",
-               "verdict", "n_images", "n_models", "n_boot", "tau", "steps")
+CSV_COLUMNS = (
+    "hypothesis",
+    "kind",
+    "metric",
+    "depth",
+    "depth2",
+    "expected_sign",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "verdict",
+    "n_images",
+    "n_models",
+    "n_boot",
+    "tau",
+    "steps",
+)
 MARKER = "study.json"
 COLOURS = {"holds": "#2a7d2a", "contradicted": "#b22222", "inconclusive": "#777777"}
 
@@ -28,8 +43,14 @@ def to_csv(result: StudyResult) -> str:
     writer.writeheader()
     for r in result.results:
         row = r.to_json()
-        writer.writerow({**{k: row.get(k) for k in CSV_COLUMNS}, "n_models": sum(len(v) for v in r.models.values()),
-                         "tau": result.settings.get("tau"), "steps": result.settings.get("steps")})
+        writer.writerow(
+            {
+                **{k: row.get(k) for k in CSV_COLUMNS},
+                "n_models": sum(len(v) for v in r.models.values()),
+                "tau": result.settings.get("tau"),
+                "steps": result.settings.get("steps"),
+            }
+        )
     return out.getvalue()
 
 
@@ -48,7 +69,7 @@ def plot_png(r: HypothesisResult) -> bytes:
         left.set_xlabel("accuracy")
         left.legend(fontsize=7)
     else:
-        for k, (g, names) in enumerate(r.models.items()):
+        for k, (_group, names) in enumerate(r.models.items()):
             values = [r.per_model[n] for n in names]
             left.scatter(np.full(len(values), k), values, s=18)
             left.hlines(np.nanmean(values), k - 0.25, k + 0.25, colors="k")
@@ -74,20 +95,32 @@ def html_section(result: StudyResult, plots: bool = True) -> str:
     s = result.settings
     rows = []
     for r in result.results:
-        rows.append(f"<tr><td><code>{html.escape(r.hypothesis.text)}</code></td><td>{r.effect:.4g}</td>"
-                    f"<td>[{r.low:.4g}, {r.high:.4g}]</td><td style='color:{COLOURS[r.verdict]}'><b>{r.verdict}</b>"
-                    f"</td><td>{sum(len(v) for v in r.models.values())}</td><td>{r.n_images}</td></tr>")
-    figures = "".join(
-        f"<figure><img alt='{html.escape(r.hypothesis.text)}' src='data:image/png;base64,"
-        f"{base64.b64encode(plot_png(r)).decode()}'></figure>" for r in result.results) if plots else ""
+        rows.append(
+            f"<tr><td><code>{html.escape(r.hypothesis.text)}</code></td><td>{r.effect:.4g}</td>"
+            f"<td>[{r.low:.4g}, {r.high:.4g}]</td><td style='color:{COLOURS[r.verdict]}'><b>{r.verdict}</b>"
+            f"</td><td>{sum(len(v) for v in r.models.values())}</td><td>{r.n_images}</td></tr>"
+        )
+    figures = (
+        "".join(
+            f"<figure><img alt='{html.escape(r.hypothesis.text)}' src='data:image/png;base64,"
+            f"{base64.b64encode(plot_png(r)).decode()}'></figure>"
+            for r in result.results
+        )
+        if plots
+        else ""
+    )
     acc = ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in result.accuracy.items())
-    return (f"<section id='study'><h2>Study {html.escape(result.study.title or result.study.path.name)}</h2>"
-            f"<p>τ = {s.get('tau')}, {s.get('steps')} steps, {len(result.images)} images, "
-            f"95 % bootstrap interval over images (paired) and models (within groups), "
-            f"{result.results[0].n_boot if result.results else 0} replicates, seed {result.seed}.</p>"
-            "<table><tr><th>hypothesis</th><th>effect</th><th>95 % CI</th><th>verdict</th><th>models</th>"
-            f"<th>images</th></tr>{''.join(rows)}</table>"
-            + (f"<p>Accuracy (onnxruntime, original graph): {acc}</p>" if acc else "") + figures + "</section>")
+    return (
+        f"<section id='study'><h2>Study {html.escape(result.study.title or result.study.path.name)}</h2>"
+        f"<p>τ = {s.get('tau')}, {s.get('steps')} steps, {len(result.images)} images, "
+        f"95 % bootstrap interval over images (paired) and models (within groups), "
+        f"{result.results[0].n_boot if result.results else 0} replicates, seed {result.seed}.</p>"
+        "<table><tr><th>hypothesis</th><th>effect</th><th>95 % CI</th><th>verdict</th><th>models</th>"
+        f"<th>images</th></tr>{''.join(rows)}</table>"
+        + (f"<p>Accuracy (onnxruntime, original graph): {acc}</p>" if acc else "")
+        + figures
+        + "</section>"
+    )
 
 
 def write_study(result: StudyResult, out_dir: str | Path, *, new_subfolder: bool = False) -> Path:
@@ -97,7 +130,8 @@ def write_study(result: StudyResult, out_dir: str | Path, *, new_subfolder: bool
     def write(folder: Path) -> None:
         (folder / "study.csv").write_text(to_csv(result))
         (folder / "study.html").write_text(
-            f"<!doctype html><meta charset='utf-8'><title>study</title>{html_section(result)}\n")
+            f"<!doctype html><meta charset='utf-8'><title>study</title>{html_section(result)}\n"
+        )
         for k, r in enumerate(result.results, start=1):
             slug = re.sub(r"[^a-z0-9]+", "_", r.hypothesis.text.lower()).strip("_")[:60]
             (folder / f"hypothesis_{k}_{slug}.png").write_bytes(plot_png(r))

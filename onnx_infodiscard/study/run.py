@@ -32,20 +32,27 @@ class StudyResult:
 
     def to_json(self) -> dict:
         return {
-            "kind": "study", "study": str(self.study.path), "title": self.study.title,
-            "images": list(self.images), "settings": self.settings, "bootstrap_seed": self.seed,
+            "kind": "study",
+            "study": str(self.study.path),
+            "title": self.study.title,
+            "images": list(self.images),
+            "settings": self.settings,
+            "bootstrap_seed": self.seed,
             "converged_only": self.converged_only,
             "groups": {g: [m.name for m in ms] for g, ms in self.study.groups.items()},
             "accuracy": {k: round(v, 6) for k, v in self.accuracy.items()},
-            "layers": {m.name: [{"layer": n, "depth": round(d, 6)} for n, d in zip(m.layers, m.depths)]
-                       for m in self.models},
+            "layers": {
+                m.name: [{"layer": n, "depth": round(d, 6)} for n, d in zip(m.layers, m.depths)] for m in self.models
+            },
             "hypotheses": [r.to_json() for r in self.results],
-            "seconds": round(self.seconds, 3), "analysis_seconds": round(self.analysis_seconds, 3),
+            "seconds": round(self.seconds, 3),
+            "analysis_seconds": round(self.analysis_seconds, 3),
         }
 
 
-def metrics_from_report(name: str, group: str, report, correct: np.ndarray | None = None,
-                        converged_only: bool = True) -> ModelMetrics:
+def metrics_from_report(
+    name: str, group: str, report, correct: np.ndarray | None = None, converged_only: bool = True
+) -> ModelMetrics:
     """`ModelMetrics` from an `analysis.Report`: per layer and image; NaN where the row did not
     converge (unless `converged_only` is False: a smoke run with few steps)."""
     layers = [layer.name for layer in report.layers]
@@ -65,8 +72,9 @@ def metrics_from_report(name: str, group: str, report, correct: np.ndarray | Non
     return metrics.only_converged() if converged_only else metrics
 
 
-def answer(study: Study, models: Sequence[ModelMetrics], rng: np.random.Generator,
-           n_boot: int | None = None) -> tuple[HypothesisResult, ...]:
+def answer(
+    study: Study, models: Sequence[ModelMetrics], rng: np.random.Generator, n_boot: int | None = None
+) -> tuple[HypothesisResult, ...]:
     """Every hypothesis of `study` on already computed per-model metrics (no analysis here)."""
     return tuple(evaluate_hypothesis(h, models, rng, n_boot or study.bootstrap) for h in study.hypotheses)
 
@@ -101,8 +109,18 @@ def run_study(
     metrics, accuracy = [], {}
     for entry, chosen in zip(study.models, plan):
         advance = (lambda stage, a, t, name=entry.name: progress(f"{name}: {stage}", a, t)) if progress else None
-        cached = analyse_entry(study, entry, images, settings, chosen, labels, device=device, cache=cache,
-                               accuracy_images=list(study.images) if labels is not None else None, progress=advance)
+        cached = analyse_entry(
+            study,
+            entry,
+            images,
+            settings,
+            chosen,
+            labels,
+            device=device,
+            cache=cache,
+            accuracy_images=list(study.images) if labels is not None else None,
+            progress=advance,
+        )
         if cached.correct is not None:
             accuracy[entry.name] = float(np.mean(cached.correct))
         metrics.append(cached.only_converged() if converged_only else cached)
@@ -111,13 +129,33 @@ def run_study(
     results = answer(study, metrics, rng)
     from dataclasses import asdict
 
-    return StudyResult(study, tuple(p.name for p in images), asdict(settings), tuple(metrics), accuracy, results,
-                       study.seed, converged_only, time.perf_counter() - start, analysed)
+    return StudyResult(
+        study,
+        tuple(p.name for p in images),
+        asdict(settings),
+        tuple(metrics),
+        accuracy,
+        results,
+        study.seed,
+        converged_only,
+        time.perf_counter() - start,
+        analysed,
+    )
 
 
-def analyse_entry(study: Study, entry: ModelEntry, images: Sequence[Path], settings, layers: Sequence[str],
-                  labels=None, *, accuracy_images: Sequence[Path] | None = None, device: str = "auto",
-                  cache: RowCache | None = None, progress=None) -> ModelMetrics:
+def analyse_entry(
+    study: Study,
+    entry: ModelEntry,
+    images: Sequence[Path],
+    settings,
+    layers: Sequence[str],
+    labels=None,
+    *,
+    accuracy_images: Sequence[Path] | None = None,
+    device: str = "auto",
+    cache: RowCache | None = None,
+    progress=None,
+) -> ModelMetrics:
     """One model's metrics at `layers` on `images` (every row kept, with its converged flag) and its
     correctness on `accuracy_images` (default `images`); rows in `cache` are reused."""
     from ..analysis import analyze
@@ -125,9 +163,19 @@ def analyse_entry(study: Study, entry: ModelEntry, images: Sequence[Path], setti
 
     accuracy_images = list(accuracy_images or images)
     foreground = Foreground(boxes_csv=study.foreground) if study.foreground else None
-    report = analyze(entry.path, list(images), list(layers), settings=settings,
-                     preprocessing_overrides=entry.preprocessing or None, foreground=foreground,
-                     device=device, input_name=entry.input_name, ru=study.ru, cache=cache, progress=progress)
+    report = analyze(
+        entry.path,
+        list(images),
+        list(layers),
+        settings=settings,
+        preprocessing_overrides=entry.preprocessing or None,
+        foreground=foreground,
+        device=device,
+        input_name=entry.input_name,
+        ru=study.ru,
+        cache=cache,
+        progress=progress,
+    )
     correct = None
     if labels is not None:
         acc = _accuracy(entry, accuracy_images, labels)
@@ -165,8 +213,9 @@ def layers_near(entry: ModelEntry, study_layers, depths: Sequence[float]) -> lis
         if unknown:
             from ..errors import close_matches
 
-            raise InputError(f"{entry.path.name}: no layer {unknown[0]!r}{close_matches(unknown[0], by_name)}",
-                             option="layers")
+            raise InputError(
+                f"{entry.path.name}: no layer {unknown[0]!r}{close_matches(unknown[0], by_name)}", option="layers"
+            )
         candidates = [by_name[name] for name in wanted]
     else:
         candidates = [layer for layer in every if layer.activation] or every
@@ -175,8 +224,9 @@ def layers_near(entry: ModelEntry, study_layers, depths: Sequence[float]) -> lis
 
 
 def _settings(study: Study, settings):
-    changes = {k: v for k, v in (("tau", study.tau), ("steps", study.steps), ("samples", study.samples))
-               if v is not None}
+    changes = {
+        k: v for k, v in (("tau", study.tau), ("steps", study.steps), ("samples", study.samples)) if v is not None
+    }
     settings = replace(settings, **changes)
     settings.validate()
     return settings
@@ -193,8 +243,9 @@ def _labels(study: Study):
 def _accuracy(entry: ModelEntry, images: Sequence[Path], labels):
     from ..accuracy import accuracy
 
-    return accuracy(entry.path, images, labels, input_name=entry.input_name,
-                    preprocessing_overrides=entry.preprocessing or None)
+    return accuracy(
+        entry.path, images, labels, input_name=entry.input_name, preprocessing_overrides=entry.preprocessing or None
+    )
 
 
 def _aligned(acc, names: Sequence[str]) -> np.ndarray:

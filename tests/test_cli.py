@@ -116,7 +116,7 @@ def test_numbers_are_checked_before_any_work(args, words, tmp_path):
         (["analyze", "--layout", "chw"], ["--layout", "nhwc"]),
         (["analyze", "--tau", "abc"], ["--tau"]),
         (["analyze", "--steps"], ["--steps"]),
-        (["compare"], ["Missing argument"]),
+        (["compare"], ["give at least one MODEL"]),
         (["nosuch"], ["No such command"]),
         (["--bogus", "analyze"], ["No such option"]),
         (["analyze", "--fail-if", "cid[0] >> 1"], ["--fail-if", "METRIC[LAYER] OP NUMBER"]),

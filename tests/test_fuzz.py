@@ -24,13 +24,6 @@ from onnx_infodiscard_cli.validate import MAX_GRID, MAX_SAMPLES, MAX_SEED, MAX_S
 
 IMAGE = sorted((DEFAULT_MODEL.parent / "images").glob("*.png"))[0]
 FAST = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-# The library's card and CSV validation (#15.2) lives in card.py/preprocess.py/images.py; until it
-# lands these find crashes (exit 70). Strict: the mark must go when they pass. No shrinking, to bound CI time.
-PENDING = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="card JSON / boxes CSV validation of #15.2 (card, preprocess, images) not merged yet",
-)
 NO_SHRINK = [Phase.explicit, Phase.generate]
 
 
@@ -160,7 +153,6 @@ def model_folder(tmp_path_factory) -> Path:
     return folder
 
 
-@PENDING
 @settings(
     max_examples=25,
     deadline=None,
@@ -198,7 +190,6 @@ cells = st.one_of(
 headers = st.permutations(["file", "x0", "y0", "x1", "y1", "label"]).map(lambda cols: cols[: 4 + len(cols) % 3])
 
 
-@PENDING
 @settings(max_examples=15, deadline=None, database=None, phases=NO_SHRINK)
 @given(header=headers, rows=st.lists(st.lists(cells, min_size=0, max_size=7), max_size=4), bom=st.booleans())
 @example(header=["file", "x0", "y0", "x1", "y1"], rows=[[IMAGE.name, "0", "0", "inf", "3"]], bom=False)  # OverflowError

@@ -180,6 +180,17 @@ def test_layout_truth_nchw_and_nhwc_exports_give_the_same_maps(tmp_path):
     nchw_relus = _export(model, (1, 1, 28, 28), tmp_path / "nchw.onnx")
     nhwc_relus = _export(NHWC(model), (1, 28, 28, 1), tmp_path / "nhwc.onnx")
     assert len(nchw_relus) == len(nhwc_relus) == 3
+    # A row's noise is seeded by its layer's name: give the NHWC graph's ReLU outputs the NCHW names,
+    # so the two runs draw the same noise and differ only by what the layout changes (nothing).
+    nhwc = onnx.load(str(tmp_path / "nhwc.onnx"))
+    renamed = dict(zip(nhwc_relus, nchw_relus))
+    for node in nhwc.graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+    for value in [*nhwc.graph.output, *nhwc.graph.value_info]:
+        value.name = renamed.get(value.name, value.name)
+    onnx.save(nhwc, str(tmp_path / "nhwc.onnx"))
+    nhwc_relus = [renamed[name] for name in nhwc_relus]
     images = sorted(IMAGES.glob("*.png"))[:2]
     reports = {
         layout: analyze(

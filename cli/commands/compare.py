@@ -116,7 +116,7 @@ def compare(
     if groups is not None:
         return _study(groups, settings, max_images, choice(device), fail_if, cache, out, new_subfolder, as_json)
     rules = parse_rules(fail_if)
-    inputs = [*models, *(images or []), fg_mask, fg_boxes, cache and cache.root]
+    inputs = [*(models or []), *(images or []), fg_mask, fg_boxes, cache and cache.root]
     out = check_output_folder(out, [p for p in inputs if p is not None], new_subfolder=new_subfolder)
     foreground = Foreground.parse(fg, fg_mask, fg_boxes)
     with stage_progress(as_json) as progress:

@@ -11,26 +11,10 @@ import onnx
 
 from . import layouts as L
 from .errors import InputError, close_matches
+from .layouts import ACTIVATIONS
 from .passes import NormalisedModel, shape_table
 from .preprocess import guess_layout
 
-ACTIVATIONS = {
-    "Relu",
-    "LeakyRelu",
-    "PRelu",
-    "Elu",
-    "Selu",
-    "Celu",
-    "Gelu",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Tanh",
-    "Softplus",
-    "Mish",
-    "Clip",
-    "ThresholdedRelu",
-}
 #: Ops whose outputs carry no gradient back to the named input slots (None: to none of them).
 NON_DIFFERENTIABLE = {
     "ArgMax": None,

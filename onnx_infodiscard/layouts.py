@@ -40,8 +40,8 @@ NCHW_OPS = {
     "GridSample",
     "RoiAlign",
 }
-#: Ops that pass a layout through (elementwise, or acting on values only).
-KEEPS_LAYOUT = {
+#: Activations: elementwise, so they keep the layout; `layers` marks their outputs as candidate maps.
+ACTIVATIONS = {
     "Relu",
     "LeakyRelu",
     "PRelu",
@@ -57,6 +57,9 @@ KEEPS_LAYOUT = {
     "Mish",
     "Clip",
     "ThresholdedRelu",
+}
+#: Ops that pass a layout through (elementwise, or acting on values only).
+KEEPS_LAYOUT = ACTIVATIONS | {
     "Erf",
     "Add",
     "Sub",

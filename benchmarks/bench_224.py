@@ -5,7 +5,7 @@
 Each network (random weights, `weights=None`: time and memory do not depend on them) is exported
 to ONNX with the TorchScript exporter (opset 17) in a temporary folder, then analysed on one
 224×224 photo (scikit-image's astronaut, resized) at `--layer auto`, each in its own subprocess so
-that the peak resident memory (`ru_maxrss`, which includes the export) is that network's alone.
+that the peak resident memory (`Report.peak_memory`, which includes the export) is that network's alone.
 Prints a Markdown table: seconds of `analyze` (after the export), peak RSS, rows converged, and
 what `auto` chose (shapes, layouts, its note). A reduced step count makes the time a lower bound
 of a default run (100 steps × 16 samples), roughly proportional to steps × samples.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -96,7 +95,7 @@ def one(args: argparse.Namespace) -> dict:
         "network": args.one,
         "export_s": round(export_s, 1),
         "analyze_s": round(seconds, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": round((report.peak_memory or 0) / 2**20),
         "rows": len(report.results),
         "converged": sum(r.converged for r in report.results),
         "d_over_tau": [round(r.d_over_tau, 3) for r in report.results],

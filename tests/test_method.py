@@ -437,9 +437,9 @@ def test_a_small_memory_budget_gives_the_same_numbers_and_its_predicted_peak_fit
 
 
 PEAK_SOURCE = """
-import resource, sys, torch
+import sys, torch
 from torch import nn
-from onnx_infodiscard.perturb import Distortion, SolverSettings, solve
+from onnx_infodiscard.perturb import Distortion, SolverSettings, peak_memory, solve
 torch.set_num_threads(1)
 generator = torch.Generator().manual_seed(0)
 net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
@@ -447,7 +447,7 @@ image = torch.rand((1, 3, 224, 224), generator=generator)
 distortion = Distortion({"f": net}, image, [0], ["f"])
 settings = SolverSettings(steps=1, samples=32, eval_samples=32, max_eval_samples=64, extra_steps=0,
                           max_memory=int(sys.argv[1]))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak_memory(torch.device("cpu"))
 solution = solve(distortion, settings)
 print(solution.peak_memory - before, solution.estimate.predicted_peak, solution.max_batch)
 """

@@ -84,9 +84,20 @@ def usable_cores() -> int:
 
 
 def peak_memory(device: torch.device) -> int:
-    """The process's peak resident memory on the CPU (ru_maxrss), peak allocated bytes on CUDA."""
+    """The process's peak resident memory on the CPU, peak allocated bytes on CUDA.
+
+    On Linux this is the address space's own high-water mark (`VmHWM`): `ru_maxrss` survives
+    `exec`, so a child started by a large process (a test runner, a notebook) would report its
+    parent's peak instead of its own.
+    """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 

@@ -92,3 +92,33 @@ def test_compare_with_one_more_model_solves_only_that_model(tmp_path):
     both = compare(models, IMAGES[:2], ["auto"], settings=settings, device="cpu", cache=RowCache(tmp_path))
     assert [r.cached_rows for r in both.reports] == [len(first.reports[0].results), 0]
     assert both.reports[1].results  # the new model's rows were solved
+
+
+def test_an_interrupted_localize_resumes_and_equals_an_uninterrupted_one(tmp_path):
+    """Ctrl-C in the middle of `localize`, then the same call again: the finished rows come from the
+    cache and the scores equal those of a run that was never interrupted."""
+    from onnx_infodiscard.localize import localize
+
+    benchmark = MODELS / "cluttered_digits"
+    images = sorted((benchmark / "images").glob("bench_00[0-3]_*.png"))
+    one_row_groups = SolverSettings(steps=3, samples=4, max_batch=4, eval_samples=8, max_eval_samples=16, extra_steps=0)
+    quick = dict(images=images, methods=("cid",), controls=(), settings=one_row_groups, device="cpu", grids=[None])
+    whole = localize(**quick, cache=None)
+    calls = []
+
+    def interrupt(stage, advance, total):
+        calls.append(advance if stage.startswith("CID") else 0)
+        if sum(calls) > 2.5 * one_row_groups.steps:  # in the third of four one-row groups
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        localize(**quick, cache=RowCache(tmp_path), progress=interrupt)
+    assert len(list(tmp_path.rglob("*.npz"))) == 2
+    resumed = localize(**quick, cache=RowCache(tmp_path))
+    assert resumed.maps.keys() == whole.maps.keys()
+    for name in whole.maps:
+        np.testing.assert_allclose(resumed.maps[name], whole.maps[name], rtol=1e-5, atol=1e-6)
+    for ours, theirs in zip(resumed.methods, whole.methods, strict=True):
+        assert (ours.loc_acc, ours.pointing_acc, ours.mean_iou) == pytest.approx(
+            (theirs.loc_acc, theirs.pointing_acc, theirs.mean_iou), abs=1e-6
+        )

@@ -63,7 +63,8 @@ def dequantise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
             nodes.append(_saturation(graph, node, producers[node.input[0]].input[0], constants, opset))
             counts["pairs"] += 1
         elif kind == "DequantizeLinear" and node.input[0] in params:
-            nodes.append(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
+            # a Clip to the range it already has, not an Identity: both names stay layers, as in the original
+            nodes.append(saturation(graph, node.input[0], node.output[0], *params[node.input[0]], opset))
             counts["activation DequantizeLinear"] += 1
         elif kind == "DynamicQuantizeLinear":
             renames[node.output[0]] = node.input[0]

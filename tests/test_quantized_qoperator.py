@@ -247,3 +247,124 @@ def test_check_and_a_one_step_analyze_say_dequantised(quantised_digits, tmp_path
     (said,) = [line for line in report["normalisation"] if line.startswith("dequantise:")]
     assert "QLinearConv ×4" in said and "QGemm ×1" in said, said
     assert report["results"][0]["layer"] == layer
+
+
+def _float_head(path: Path) -> list[np.ndarray]:
+    """A float CNN with every op quantize_static writes a com.microsoft QLinear op for (Add, Mul,
+    Sigmoid, LeakyRelu, Concat, AveragePool, GlobalAveragePool, Gemm → QGemm, Softmax), MaxPool and
+    Flatten on integers between; returns calibration inputs."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["a"]),
+        helper.make_node("Conv", ["a", "w2"], ["b"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["a", "b"], ["s"]),
+        helper.make_node("Sigmoid", ["s"], ["g"]),
+        helper.make_node("Mul", ["s", "g"], ["m"]),
+        helper.make_node("LeakyRelu", ["m"], ["l"], alpha=0.1),
+        helper.make_node("Concat", ["l", "a"], ["cat"], axis=1),
+        helper.make_node("MaxPool", ["cat"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("AveragePool", ["p"], ["ap"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["ap"], ["gp"]),
+        helper.make_node("Flatten", ["gp"], ["f"]),
+        helper.make_node("Gemm", ["f", "W", "B"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["prob"], axis=1),
+    ]
+    shapes = {"w1": (4, 3, 3, 3), "b1": (4,), "w2": (4, 4, 3, 3), "W": (5, 8), "B": (5,)}
+    scales = {"w1": 0.4, "b1": 0.1, "w2": 0.2, "W": 1.0, "B": 0.1}
+    inits = [_const(n, (rng.standard_normal(s) * scales[n]).astype(np.float32)) for n, s in shapes.items()]
+    graph = helper.make_graph(
+        nodes,
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return [rng.uniform(0, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(3)]
+
+
+def test_the_writers_contrib_ops_and_gemm_head_are_dequantised(tmp_path):
+    from onnxruntime import quantization as q
+
+    batches = _float_head(tmp_path / "head.onnx")
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": x} for x in batches])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    target = tmp_path / "head_q.onnx"
+    q.quantize_static(str(tmp_path / "head.onnx"), str(target), Reader(), quant_format=q.QuantFormat.QOperator)
+    written = {(node.domain, node.op_type) for node in onnx.load(target).graph.node}
+    contrib = {"QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat"}
+    contrib |= {"QLinearAveragePool", "QLinearGlobalAveragePool", "QGemm", "QLinearSoftmax"}
+    assert {("com.microsoft", op) for op in contrib} <= written, written
+    assert ("", "MaxPool") in written and ("", "Flatten") in written
+    normalised = normalise(onnx.load(target))
+    detail = next(p.detail for p in normalised.passes if p.name == "dequantise")
+    assert all(f"{op} ×1" in detail for op in contrib), detail
+    assert not any(node.domain for node in normalised.proto.graph.node)
+    assert all(op.domain in ("", "ai.onnx") for op in normalised.proto.opset_import)
+    names = [layer.name for layer in list_layers(normalised) if not layer.name.endswith("__float")]
+    assert {"s_quantized", "cat_quantized", "p_quantized", "logits_quantized", "prob"} <= set(names)
+    prepared = prepare(target, names, probe=batches[0])
+    assert prepared.crosscheck.passed and len(prepared.crosscheck.quantised) == len(names)
+    assert all(a.criterion == "relative_l2" and a.rel_l2_error > 0 for a in prepared.crosscheck.quantised)
+
+
+def test_a_float_graph_that_is_not_the_quantised_ones_equivalent_fails():
+    """A dequantisation error (weights 25 % off, say a wrong scale) that torch and the float graph agree on is caught by
+    the comparison with the quantised original, naming the layer."""
+    from onnx_infodiscard.convert import convert
+    from onnx_infodiscard.crosscheck import cross_check
+    from onnx_infodiscard.layers import select_layers
+
+    model, _ = qlinear_conv(False)
+    normalised = normalise(model)
+    for init in normalised.proto.graph.initializer:
+        if init.name == "qconv__float1":  # the dequantised weight
+            init.CopyFrom(_const(init.name, numpy_helper.to_array(init) * 1.25))
+    layers = select_layers(list_layers(normalised), ["y_q"])
+    conversion = convert(normalised, layers)
+    x = RNG.uniform(-1, 1, (1, 3, 6, 6)).astype(np.float32)
+    import torch
+
+    with torch.no_grad():
+        features = conversion.module(torch.from_numpy(x))
+    result = cross_check(conversion.truncated, normalised.input_name, features, x, source=model)
+    assert all(a.passed for a in result.layers) and not result.passed, result.quantised
+    with pytest.raises(ConversionError, match="quantised graph differs from it at layer 'y_q' beyond what rounding"):
+        result.raise_on_failure()
+
+
+@pytest.mark.parametrize("kind", ["qdq", "dynamic"])
+def test_qdq_graphs_are_compared_with_their_original_and_dynamic_ones_say_why_not(kind, tmp_path):
+    from onnxruntime import quantization as q
+
+    images = sorted((DIGITS / "images").glob("*.png"))[:2]
+    target = tmp_path / f"digits_{kind}.onnx"
+    if kind == "dynamic":
+        q.quantize_dynamic(str(DIGITS / "digits_cnn.onnx"), str(target), op_types_to_quantize=["Conv"])
+    else:
+
+        class Reader(q.CalibrationDataReader):
+            def __init__(self):
+                self.batches = iter([{"image": _digit(path)} for path in images])
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        q.quantize_static(str(DIGITS / "digits_cnn.onnx"), str(target), Reader(), quant_format=q.QuantFormat.QDQ)
+    prepared = prepare(target, ["auto"], probe=_digit(images[0]))
+    check = prepared.crosscheck
+    assert prepared.normalised.dequantised and check.passed
+    if kind == "dynamic":
+        assert check.quantised == () and check.quantised_note.startswith("dynamic quantisation")
+    else:
+        assert len(check.quantised) == len(prepared.layers)
+        assert all(0 < a.rel_l2_error <= a.tolerance for a in check.quantised)

@@ -237,7 +237,9 @@ def test_check_and_a_one_step_analyze_say_dequantised(quantised_digits, tmp_path
     code, out, err = _cli("check", str(quantised_digits), "--layer", "/conv2/Conv_output_0_quantized", "--json")
     assert code == 0, err
     checked = json.loads(out)
-    assert "dequantised" in json.dumps(checked), checked
+    assert any(p["name"] == "dequantise" for p in checked["passes"]), checked["passes"]
+    (compared,) = checked["quantised"]["layers"]
+    assert compared["layer"] == "/conv2/Conv_output_0_quantized" and compared["passed"]
     image = next(quantised_digits.parent.glob("*.png"))
     layer = "/conv3/Conv_output_0_quantized"
     args = ["analyze", str(quantised_digits), str(image), "-l", layer, "--steps", "1", "--samples", "2"]
@@ -247,6 +249,7 @@ def test_check_and_a_one_step_analyze_say_dequantised(quantised_digits, tmp_path
     (said,) = [line for line in report["normalisation"] if line.startswith("dequantise:")]
     assert "QLinearConv ×4" in said and "QGemm ×1" in said, said
     assert report["results"][0]["layer"] == layer
+    assert [a["layer"] for a in report["crosscheck"]["quantised"]["layers"]] == [layer]
 
 
 def _float_head(path: Path) -> list[np.ndarray]:

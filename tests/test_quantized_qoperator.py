@@ -254,8 +254,8 @@ def test_check_and_a_one_step_analyze_say_dequantised(quantised_digits, tmp_path
 
 def _float_head(path: Path) -> list[np.ndarray]:
     """A float CNN with every op quantize_static writes a com.microsoft QLinear op for (Add, Mul,
-    Sigmoid, LeakyRelu, Concat, AveragePool, GlobalAveragePool, Gemm → QGemm, Softmax), MaxPool and
-    Flatten on integers between; returns calibration inputs."""
+    Sigmoid, LeakyRelu, Concat, AveragePool, GlobalAveragePool, Gemm → QGemm, Softmax), MaxPool, Pad
+    (its constant becomes the zero point) and Flatten on integers between; returns calibration inputs."""
     rng = np.random.default_rng(3)
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
@@ -267,7 +267,8 @@ def _float_head(path: Path) -> list[np.ndarray]:
         helper.make_node("LeakyRelu", ["m"], ["l"], alpha=0.1),
         helper.make_node("Concat", ["l", "a"], ["cat"], axis=1),
         helper.make_node("MaxPool", ["cat"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("AveragePool", ["p"], ["ap"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Pad", ["p", "pads", "pad_value"], ["pd"]),
+        helper.make_node("AveragePool", ["pd"], ["ap"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["ap"], ["gp"]),
         helper.make_node("Flatten", ["gp"], ["f"]),
         helper.make_node("Gemm", ["f", "W", "B"], ["logits"], transB=1),
@@ -276,6 +277,7 @@ def _float_head(path: Path) -> list[np.ndarray]:
     shapes = {"w1": (4, 3, 3, 3), "b1": (4,), "w2": (4, 4, 3, 3), "W": (5, 8), "B": (5,)}
     scales = {"w1": 0.4, "b1": 0.1, "w2": 0.2, "W": 1.0, "B": 0.1}
     inits = [_const(n, (rng.standard_normal(s) * scales[n]).astype(np.float32)) for n, s in shapes.items()]
+    inits += [_const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)), _const("pad_value", np.float32(0))]
     graph = helper.make_graph(
         nodes,
         "head",
@@ -307,14 +309,14 @@ def test_the_writers_contrib_ops_and_gemm_head_are_dequantised(tmp_path):
     contrib = {"QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat"}
     contrib |= {"QLinearAveragePool", "QLinearGlobalAveragePool", "QGemm", "QLinearSoftmax"}
     assert {("com.microsoft", op) for op in contrib} <= written, written
-    assert ("", "MaxPool") in written and ("", "Flatten") in written
+    assert {("", "MaxPool"), ("", "Pad"), ("", "Flatten")} <= written
     normalised = normalise(onnx.load(target))
     detail = next(p.detail for p in normalised.passes if p.name == "dequantise")
     assert all(f"{op} ×1" in detail for op in contrib), detail
     assert not any(node.domain for node in normalised.proto.graph.node)
     assert all(op.domain in ("", "ai.onnx") for op in normalised.proto.opset_import)
     names = [layer.name for layer in list_layers(normalised) if not layer.name.endswith("__float")]
-    assert {"s_quantized", "cat_quantized", "p_quantized", "logits_quantized", "prob"} <= set(names)
+    assert {"s_quantized", "cat_quantized", "p_quantized", "pd_quantized", "logits_quantized", "prob"} <= set(names)
     prepared = prepare(target, names, probe=batches[0])
     assert prepared.crosscheck.passed and len(prepared.crosscheck.quantised) == len(names)
     assert all(a.criterion == "relative_l2" and a.rel_l2_error > 0 for a in prepared.crosscheck.quantised)
@@ -371,3 +373,45 @@ def test_qdq_graphs_are_compared_with_their_original_and_dynamic_ones_say_why_no
     else:
         assert len(check.quantised) == len(prepared.layers)
         assert all(0 < a.rel_l2_error <= a.tolerance for a in check.quantised)
+
+
+def test_qgemm_with_a_float_output_and_per_column_weights():
+    """QGemm may end the quantised part: no output scale, a float output, transB weights (N, K)
+    quantised per output column, an int32 bias at a_scale·b_scale."""
+    b_q = RNG.integers(-60, 60, (5, 6)).astype(np.int8)
+    b_s = np.linspace(0.002, 0.006, 5).astype(np.float32)
+    bias = RNG.integers(-500, 500, 5).astype(np.int32)
+    gemm = helper.make_node(
+        "QGemm",
+        ["x_q", "x_s", "x_zp", "b_q", "b_s", "b_zp", "bias"],
+        ["y"],
+        name="qgemm",
+        domain="com.microsoft",
+        transB=1,
+    )
+    inits = [_const(n, v) for n, v in [("b_q", b_q), ("b_s", b_s), ("b_zp", np.zeros(5, np.int8)), ("bias", bias)]]
+    inits += [_const("x_s", np.float32(1 / 64)), _const("x_zp", np.uint8(128))]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["flat"]),
+        helper.make_node("QuantizeLinear", ["flat", "x_s", "x_zp"], ["x_q"]),
+        gemm,
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 8
+    x = RNG.uniform(-1.5, 1.5, (1, 1, 2, 3)).astype(np.float32)
+    normalised = normalise(model)
+    assert {node.op_type for node in normalised.proto.graph.node} == {"Flatten", "Clip", "Gemm"}
+    (want,) = _run(model, x)
+    (got,) = _run(normalised.proto, x)
+    b = b_q.astype(np.float64) * b_s[:, None]
+    bound = 0.5 / 64 * np.abs(b).sum(1).max() + 1e-5  # input rounding only: the output is not rounded
+    assert 0 < np.abs(got - want).max() <= bound

@@ -84,7 +84,9 @@ def quantised_check(
     floors: Mapping[str, LayerAgreement],
 ) -> tuple[tuple[LayerAgreement, ...], str]:
     """Each chosen layer that is a tensor of `source`, against onnxruntime there (integer tensors
-    dequantised); tolerance = QUANT_SAFETY × the simulated rounding change, floored at the float check's."""
+    dequantised); tolerance = QUANT_SAFETY × the simulated rounding change, floored at the float check's.
+    A near-zero reference is judged by max abs error ≤ QUANT_SAFETY × the simulated max abs change
+    (a quantised tensor near zero is a step or two of its scale)."""
     if any(node.op_type == "DynamicQuantizeLinear" for node in source.graph.node):
         return (), "dynamic quantisation: scales are computed at run time; only the float equivalent is checked"
     constants = {init.name: numpy_helper.to_array(init) for init in source.graph.initializer}
@@ -122,7 +124,7 @@ def quantised_check(
                 floor.node_name,
                 safety=QUANT_SAFETY,
                 cap=MAX_QUANT_RTOL,
-                abs_floor=floor.abs_tolerance,
+                abs_floor=max(floor.abs_tolerance, QUANT_SAFETY * max_abs),
             )  # fmt: skip
         )
     note = (

@@ -415,3 +415,26 @@ def test_qgemm_with_a_float_output_and_per_column_weights():
     b = b_q.astype(np.float64) * b_s[:, None]
     bound = 0.5 / 64 * np.abs(b).sum(1).max() + 1e-5  # input rounding only: the output is not rounded
     assert 0 < np.abs(got - want).max() <= bound
+
+
+def test_relu_on_int8_clamps_at_the_zero_points_float_value():
+    """Relu of int8 values clamps at q = 0, which is −scale·zero_point in float, not at 0."""
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+        helper.make_node("Relu", ["q"], ["r"], name="int_relu"),
+        helper.make_node("DequantizeLinear", ["r", "s", "zp"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [_const("s", np.float32(0.05)), _const("zp", np.int8(10))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    x = np.linspace(-2, 2, 16, dtype=np.float32).reshape(1, 1, 4, 4)
+    (want,) = _run(model, x)
+    (got,) = _run(normalise(model).proto, x)
+    assert got.min() == pytest.approx(-0.5) and want.min() == pytest.approx(-0.5)
+    assert np.abs(got - want).max() <= 0.05 / 2 + 1e-6  # one rounding

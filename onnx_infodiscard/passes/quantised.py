@@ -90,14 +90,17 @@ def dequantise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     quantizers = _resolve_quantizers(graph, params, opset)
     _float_types(model, params)
     drop_unused_initializers(graph)
+    return model, _detail(counts, qlinear, quantizers)
+
+
+def _detail(counts: dict[str, int], qlinear: dict[str, int], quantizers: int) -> str:
     done = [f"{n} {what}" for what, n in counts.items() if n]
     if qlinear:
-        done.append(
-            "QLinear ops -> float ops with saturation (" + ", ".join(f"{k} ×{n}" for k, n in qlinear.items()) + ")"
-        )
+        ops = ", ".join(f"{k} ×{n}" for k, n in qlinear.items())
+        done.append(f"QLinear ops -> float ops with saturation ({ops})")
     if quantizers:
         done.append(f"{quantizers} QuantizeLinear -> Clip")
-    return model, "dequantised: " + ", ".join(done)
+    return "dequantised: " + ", ".join(done)
 
 
 def _dequantised(node: onnx.NodeProto, constants: dict) -> np.ndarray:

@@ -200,6 +200,7 @@ def check_json(prepared: PreparedModel, tool_version: str) -> dict:
             }
             for chosen, agreement in zip(prepared.layers, crosscheck.layers)
         ],
+        "quantised": crosscheck.to_json()["quantised"],  # against the quantised original, if any
         "notes": list(prepared.notes),
         "seconds": round(prepared.seconds, 3),
         "passed": crosscheck.passed,

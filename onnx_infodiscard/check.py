@@ -80,6 +80,9 @@ def convert_and_check(
     conversion = convert(normalised, layers)
     with torch.no_grad():
         features = conversion.module(torch.from_numpy(probe))
-    result = cross_check(conversion.truncated, normalised.input_name, features, probe, tolerance, prefer_cuda)
+    source = normalised.source if normalised.dequantised else None  # the quantised original, compared too
+    result = cross_check(
+        conversion.truncated, normalised.input_name, features, probe, tolerance, prefer_cuda, source=source
+    )
     result.raise_on_failure()
     return conversion, result

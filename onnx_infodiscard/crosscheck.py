@@ -6,6 +6,12 @@ optimisation levels, and a change of the input by two ulps moves a deep activati
 layer's tolerance is `SAFETY` times the larger of those two observed disagreements, floored at the
 tolerance asked for (default 1e-4) and capped at `MAX_RTOL`, so that a real conversion error (a
 wrong weight, a wrong op) still fails.
+
+A quantised graph is analysed through its float equivalent; that one is checked as above, and
+also against onnxruntime on the ORIGINAL quantised graph (`source`): integer tensors are compared
+through their dequantised value `scale·(q − zero_point)`, at a tolerance that says what quantisation
+costs: `QUANT_SAFETY` × the change that rounding every quantised tensor to its grid (simulated as
+uniform noise of ±scale/2 in the float graph) produces at that layer.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ SAFETY = 10.0
 SCALE_FLOOR = 1e-3
 #: The absolute tolerance (before calibration) of a near-zero reference.
 ATOL = 1e-6
+#: Against the quantised original: tolerance = QUANT_SAFETY × the simulated rounding change, at most
+#: MAX_QUANT_RTOL (a float equivalent 30 % off its quantised graph is not its equivalent).
+QUANT_SAFETY = 3.0
+MAX_QUANT_RTOL = 0.3
 #: Criteria a layer can be judged by.
 CRITERIA = ("relative_l2", "absolute", "shape", "non_finite")
 
@@ -96,10 +106,14 @@ class CrossCheck:
     tolerance: float
     layers: tuple[LayerAgreement, ...]
     calibrated: bool = False
+    #: Quantised graphs: the float features against onnxruntime on the original quantised graph
+    #: (`sensitivity` there is the simulated rounding change); `quantised_note` says how, or why not.
+    quantised: tuple[LayerAgreement, ...] = ()
+    quantised_note: str = ""
 
     @property
     def passed(self) -> bool:
-        return all(layer.passed for layer in self.layers)
+        return all(layer.passed for layer in (*self.layers, *self.quantised))
 
     def to_json(self) -> dict:
         return {
@@ -112,6 +126,12 @@ class CrossCheck:
             "calibrated": self.calibrated,
             "passed": self.passed,
             "layers": [layer.to_json() for layer in self.layers],
+            "quantised": {
+                "note": self.quantised_note,
+                "safety": QUANT_SAFETY,
+                "max_tolerance": MAX_QUANT_RTOL,
+                "layers": [layer.to_json() for layer in self.quantised],
+            },
         }
 
     def raise_on_failure(self) -> None:
@@ -121,6 +141,12 @@ class CrossCheck:
                 raise ConversionError(
                     f"cross-check failed at layer '{layer.layer}'{node} against onnxruntime: {layer.describe()}; "
                     "the conversion is wrong for this graph (please report it)"
+                )
+        for layer in self.quantised:
+            if not layer.passed:
+                raise ConversionError(
+                    f"the float equivalent of the quantised graph differs from it at layer '{layer.layer}' beyond "
+                    f"what rounding explains: {layer.describe()}; the dequantisation is wrong here (please report it)"
                 )
 
 
@@ -158,7 +184,7 @@ def ort_session(model: onnx.ModelProto, prefer_cuda: bool, level: str = "basic")
     return session, used, note
 
 
-def _run(session, input_name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+def run_outputs(session, input_name: str, x: np.ndarray) -> dict[str, np.ndarray]:
     names = [output.name for output in session.get_outputs()]
     return {
         name: np.asarray(value, dtype=np.float64)
@@ -173,7 +199,7 @@ def ulp_perturbed(x: np.ndarray, seed: int = 0) -> np.ndarray:
     return (x.astype(np.float64) * (1.0 + u * 2.0**-22)).astype(np.float32)
 
 
-def _errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+def feature_errors(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
     """(max abs error, relative L2 error) of `got` against `want`, in float64."""
     diff = got.astype(np.float64) - want
     max_abs = float(np.abs(diff).max()) if diff.size else 0.0
@@ -190,29 +216,37 @@ def sensitivity(
     readings = []
     for level in ("all", "none"):
         session, _, _ = ort_session(truncated, prefer_cuda=False, level=level)
-        readings.append(_run(session, input_name, model_input))
+        readings.append(run_outputs(session, input_name, model_input))
     session, _, _ = ort_session(truncated, prefer_cuda=False, level="basic")
-    readings.append(_run(session, input_name, ulp_perturbed(model_input)))
+    readings.append(run_outputs(session, input_name, ulp_perturbed(model_input)))
     out = {}
     for name, want in reference.items():
-        errors = [_errors(reading[name], want) for reading in readings if reading[name].shape == want.shape]
+        errors = [feature_errors(reading[name], want) for reading in readings if reading[name].shape == want.shape]
         finite = [(rel, abs_) for abs_, rel in errors if np.isfinite(rel) and np.isfinite(abs_)]
         out[name] = (max((r for r, _ in finite), default=0.0), max((a for _, a in finite), default=0.0))
     return out
 
 
 def judge(
-    name: str, got: np.ndarray, want: np.ndarray, floor: float, observed: tuple[float, float], node_name: str = ""
+    name: str,
+    got: np.ndarray,
+    want: np.ndarray,
+    floor: float,
+    observed: tuple[float, float],
+    node_name: str = "",
+    safety: float = SAFETY,
+    cap: float = MAX_RTOL,
+    abs_floor: float = ATOL,
 ) -> LayerAgreement:
-    """Compare one feature: relative L2 against the calibrated tolerance, or absolute when the
-    reference is near zero."""
+    """Compare one feature: relative L2 against the calibrated tolerance (`safety` × observed, at
+    most `cap`), or absolute when the reference is near zero."""
     rel_sens, abs_sens = observed
-    tolerance = min(max(floor, SAFETY * rel_sens), max(floor, MAX_RTOL))
-    abs_tolerance = min(max(ATOL, SAFETY * abs_sens), SCALE_FLOOR * MAX_RTOL)
+    tolerance = min(max(floor, safety * rel_sens), max(floor, cap))
+    abs_tolerance = max(abs_floor, min(max(ATOL, safety * abs_sens), SCALE_FLOOR * cap))
     common = dict(node_name=node_name, tolerance=tolerance, abs_tolerance=abs_tolerance, sensitivity=rel_sens)
     if got.shape != want.shape:
         return LayerAgreement(name, float("inf"), float("inf"), False, criterion="shape", **common)
-    max_abs, rel = _errors(got, want)
+    max_abs, rel = feature_errors(got, want)
     scale = float(np.abs(want).max()) if want.size else 0.0
     if not (np.isfinite(got).all() and np.isfinite(want).all()):
         return LayerAgreement(name, max_abs, rel, False, criterion="non_finite", reference_scale=scale, **common)
@@ -233,15 +267,18 @@ def cross_check(
     tolerance: float = DEFAULT_RTOL,
     prefer_cuda: bool = False,
     calibrate: bool = True,
+    source: onnx.ModelProto | None = None,
 ) -> CrossCheck:
     """Run `truncated` (chosen layers as outputs) in onnxruntime on `model_input`; compare to `features`.
 
     `tolerance` is the floor of each layer's relative tolerance; with `calibrate`, each layer's is
     raised to SAFETY × the graph's own float32 disagreement there (see `sensitivity`), at most MAX_RTOL.
+    `source`: the quantised graph `truncated` is the float equivalent of; compared as well (see
+    `quantised_check`).
     """
     try:
         session, provider, note = ort_session(truncated, prefer_cuda)
-        expected = _run(session, input_name, model_input)
+        expected = run_outputs(session, input_name, model_input)
         observed = sensitivity(truncated, input_name, model_input, expected) if calibrate else {}
     except Exception as err:
         first = str(err).strip().splitlines()[0]
@@ -258,4 +295,10 @@ def cross_check(
         )
         for name, feature in features.items()
     )
-    return CrossCheck(provider, note, tolerance, agreements, calibrated=calibrate)
+    if source is None:
+        return CrossCheck(provider, note, tolerance, agreements, calibrated=calibrate)
+    from .quantcheck import quantised_check
+
+    floors = {agreement.layer: agreement for agreement in agreements}
+    quantised, quantised_note = quantised_check(source, truncated, input_name, features, model_input, floors)
+    return CrossCheck(provider, note, tolerance, agreements, calibrate, quantised, quantised_note)

@@ -154,6 +154,7 @@ class Report:
                 "tolerance": self.crosscheck.tolerance,
                 "passed": self.crosscheck.passed,
                 "layers": [asdict(a) for a in self.crosscheck.layers],
+                "quantised": self.crosscheck.to_json()["quantised"],  # against the quantised original, if any
             },
             "batch_safe": self.batch_safe,
             "normalisation": list(self.passes),

@@ -60,3 +60,19 @@ def check(
             "yes" if agreement.passed else ("NO: " + agreement.criterion),
         )
     stdout.print(table)
+    if prepared.crosscheck.quantised or prepared.crosscheck.quantised_note:
+        _print_quantised(prepared.crosscheck)
+
+
+def _print_quantised(crosscheck) -> None:
+    """A dequantised graph: its float features against onnxruntime on the quantised original."""
+    console.dim(crosscheck.quantised_note)
+    table = Table(title="float equivalent against the quantised original")
+    for column in ("layer", "rel L2 err", "tolerance", "simulated rounding", "ok"):
+        table.add_column(column)
+    for agreement in crosscheck.quantised:
+        ok = "yes" if agreement.passed else "NO: " + agreement.criterion
+        row = (agreement.rel_l2_error, agreement.tolerance, agreement.sensitivity)
+        table.add_row(escape(agreement.layer), *(f"{value:.2e}" for value in row), ok)
+    if crosscheck.quantised:
+        stdout.print(table)

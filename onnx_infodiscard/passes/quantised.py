@@ -17,9 +17,21 @@ from .proto import (
     attribute,
     default_opset,
     drop_unused_initializers,
+    is_default_domain,
     rename_tensors,
     replace_nodes,
     resolve_chains,
+)
+from .qoperator import (
+    INDEX_OPS,
+    MS_DOMAIN,
+    PASSTHROUGH,
+    activation_quantisation,
+    float_passthrough,
+    float_qlinear,
+    qlinear_spec,
+    refuse,
+    saturation,
 )
 
 INTEGER_OPS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv"}
@@ -28,21 +40,32 @@ INTEGER_OPS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv"}
 def dequantise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     """DequantizeLinear of weights -> float weights; QuantizeLinear/DequantizeLinear pairs on
     activations -> Clip to the quantised range; DynamicQuantizeLinear + MatMulInteger/ConvInteger ->
-    MatMul/Conv on the float input with the integer weights (their scale stays in the graph's Mul)."""
+    MatMul/Conv on the float input with the integer weights (their scale stays in the graph's Mul);
+    QOperator graphs (QLinearConv, QLinearMatMul, com.microsoft QLinear*/QGemm) -> the float op on
+    dequantised operands, saturated at the output's integer range (see `qoperator`)."""
     graph = model.graph
+    opset = default_opset(model)
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     producers = {name: node for node in graph.node for name in node.output}
-    nodes, renames, counts = [], {}, {"weights": 0, "pairs": 0, "dynamic": 0, "integer ops": 0}
+    params, _ = activation_quantisation(graph, constants)
+    nodes, renames = [], {}
+    counts = dict.fromkeys(("weights", "pairs", "dynamic", "integer ops", "activation DequantizeLinear"), 0)
+    qlinear: dict[str, int] = {}
     for node in graph.node:
-        kind = node.op_type
+        kind, spec = node.op_type, qlinear_spec(node)
+        integer_input = next((name for name in node.input if name in params), None)
         if kind == "DequantizeLinear" and node.input[0] in constants:
             value = _dequantised(node, constants)
             constants[node.output[0]] = value
             append_initializer(graph, node.output[0], value)
             counts["weights"] += 1
         elif kind == "DequantizeLinear" and _quantized_by(node, producers, constants):
-            nodes.append(_saturation(graph, node, producers[node.input[0]].input[0], constants, default_opset(model)))
+            nodes.append(_saturation(graph, node, producers[node.input[0]].input[0], constants, opset))
             counts["pairs"] += 1
+        elif kind == "DequantizeLinear" and node.input[0] in params:
+            # a Clip to the range it already has, not an Identity: both names stay layers, as in the original
+            nodes.append(saturation(graph, node.input[0], node.output[0], *params[node.input[0]], opset))
+            counts["activation DequantizeLinear"] += 1
         elif kind == "DynamicQuantizeLinear":
             renames[node.output[0]] = node.input[0]
             append_initializer(graph, node.output[1], np.array(1.0, dtype=np.float32))
@@ -51,15 +74,33 @@ def dequantise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
         elif kind in INTEGER_OPS:
             nodes.append(_float_op(graph, node, constants, producers))
             counts["integer ops"] += 1
-        else:
+        elif spec is not None:
+            nodes.extend(float_qlinear(graph, node, spec, constants, params, opset))
+            qlinear[kind] = qlinear.get(kind, 0) + 1
+        elif kind == "QuantizeLinear" or integer_input is None or (is_default_domain(node) and kind in INDEX_OPS):
             nodes.append(node)
-    if not any(counts.values()):
+        elif is_default_domain(node) and kind in PASSTHROUGH:
+            nodes.append(float_passthrough(graph, node, constants, params, opset))
+        else:
+            raise refuse(node, integer_input)
+    if not any(counts.values()) and not qlinear:
         return model, None
     replace_nodes(graph, nodes)
     rename_tensors(graph, resolve_chains(renames))
-    _drop_dead_quantizers(graph)
+    quantizers = _resolve_quantizers(graph, params, opset)
+    _float_types(model, params)
     drop_unused_initializers(graph)
-    return model, "dequantised: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+    return model, _detail(counts, qlinear, quantizers)
+
+
+def _detail(counts: dict[str, int], qlinear: dict[str, int], quantizers: int) -> str:
+    done = [f"{n} {what}" for what, n in counts.items() if n]
+    if qlinear:
+        ops = ", ".join(f"{k} ×{n}" for k, n in qlinear.items())
+        done.append(f"QLinear ops -> float ops with saturation ({ops})")
+    if quantizers:
+        done.append(f"{quantizers} QuantizeLinear -> Clip")
+    return "dequantised: " + ", ".join(done)
 
 
 def _dequantised(node: onnx.NodeProto, constants: dict) -> np.ndarray:
@@ -143,9 +184,36 @@ def _float_op(graph: onnx.GraphProto, node: onnx.NodeProto, constants: dict, pro
     return helper.make_node(INTEGER_OPS[node.op_type], operands, list(node.output), name=node.name, **attrs)
 
 
-def _drop_dead_quantizers(graph: onnx.GraphProto) -> None:
-    """QuantizeLinear nodes whose outputs nothing reads any more."""
+def _resolve_quantizers(graph: onnx.GraphProto, params: dict, opset: int) -> int:
+    """QuantizeLinear of activations: dropped where nothing reads them any more (their DequantizeLinear
+    became a Clip), else a Clip named as their output (QOperator: the float value of that integer
+    tensor); DynamicQuantizeLinear nodes nothing reads are dropped. Returns how many became Clips."""
     read = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
-    quantizers = ("QuantizeLinear", "DynamicQuantizeLinear")
-    kept = [n for n in graph.node if n.op_type not in quantizers or n.output[0] in read]
+    kept, clips = [], 0
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DynamicQuantizeLinear"):
+            kept.append(node)
+        elif node.output[0] in read and node.output[0] in params:
+            scale, zero = params[node.output[0]]
+            kept.append(saturation(graph, node.input[0], node.output[0], scale, zero, opset))
+            clips += 1
+        elif node.output[0] in read:
+            kept.append(node)
     replace_nodes(graph, kept)
+    return clips
+
+
+def _float_types(model: onnx.ModelProto, params: dict) -> None:
+    """Integer activations are float now: their recorded types go (outputs say float), and the
+    contrib domain's import goes with its last node."""
+    graph = model.graph
+    kept = [value for value in graph.value_info if value.name not in params]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    for value in graph.output:
+        if value.name in params and value.type.HasField("tensor_type"):
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    if not any(node.domain == MS_DOMAIN for node in graph.node):
+        imports = [op for op in model.opset_import if op.domain != MS_DOMAIN]
+        del model.opset_import[:]
+        model.opset_import.extend(imports)

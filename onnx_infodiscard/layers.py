@@ -13,6 +13,7 @@ from . import layouts as L
 from .errors import InputError, close_matches
 from .layouts import ACTIVATIONS
 from .passes import NormalisedModel, shape_table
+from .passes.proto import node_inputs
 from .preprocess import guess_layout
 
 #: Ops whose outputs carry no gradient back to the named input slots (None: to none of them).
@@ -130,7 +131,7 @@ def list_layers(model: NormalisedModel) -> list[Layer]:
     level = {model.input_name: 0}
     produced: list[tuple[onnx.NodeProto, str]] = []
     for node in graph.node:
-        parents = [level[name] for name in node.input if name in level]
+        parents = [level[name] for name in node_inputs(node) if name in level]
         if not parents:
             continue
         for name in node.output:
@@ -220,7 +221,7 @@ def constant_tensors(model: NormalisedModel) -> set[str]:
     reaches = {model.input_name}
     names = {init.name for init in graph.initializer}
     for node in graph.node:
-        if any(name in reaches for name in node.input):
+        if any(name in reaches for name in node_inputs(node)):
             reaches.update(node.output)
         else:
             names.update(name for name in node.output if name)
@@ -338,17 +339,23 @@ def _shortfall_note(
 
 
 def check_differentiable(model: NormalisedModel, layers: Sequence[Layer]) -> None:
-    """Refuse layers that do not depend on the input differentiably, naming the op that blocks them."""
+    """Refuse layers that do not depend on the input differentiably, naming the op that blocks them.
+
+    A node with subgraphs (If, Loop) also depends on the outer-scope tensors its branches read; those
+    carry a gradient (an If's condition does not, but its chosen branch's value does).
+    """
     graph = model.proto.graph
     reaches = {model.input_name}  # tensors that depend on the input at all
     flows = {model.input_name}  # tensors a gradient can flow back from to the input
     blocker: dict[str, onnx.NodeProto] = {}
     for node in graph.node:
-        touched = [name for name in node.input if name in reaches]
+        read = node_inputs(node)
+        touched = [name for name in read if name in reaches]
         if not touched:
             continue
         slots = _differentiable_slots(node)
-        differentiable = any(name in flows for i, name in enumerate(node.input) if slots is None or i in slots)
+        explicit = any(name in flows for i, name in enumerate(node.input) if slots is None or i in slots)
+        differentiable = explicit or any(name in flows for name in read[len(node.input) :])
         for out_index, name in enumerate(node.output):
             reaches.add(name)
             if differentiable and not (node.op_type == "TopK" and out_index == 1):

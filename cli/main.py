@@ -60,13 +60,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         code = _broken_pipe()
     except SystemExit as exit:  # Click (and Rich) end a broken pipe with exit(1), "an audit rule held" here
-        code = _broken_pipe() if _is_broken_pipe(exit.__context__) else _report(exit, state.debug)
+        code = _broken_pipe() if _is_broken_pipe(exit.__context__) else _report(exit, state.debug, args)
     except KeyboardInterrupt:  # while importing, or outside a command; inside one, the app returns 130
         code = EXIT_INTERRUPTED
     except Terminated:
         code = EXIT_TERMINATED
     except Exception as err:  # noqa: BLE001 - the one place that turns any exception into a line
-        code = _report(err, state.debug)
+        code = _report(err, state.debug, args)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
@@ -102,19 +102,48 @@ def _broken_pipe() -> int:
     return EXIT_BROKEN_PIPE
 
 
-def _report(err: BaseException, debug: bool) -> int:
+def _report(err: BaseException, debug: bool, args: Sequence[str] = ()) -> int:
     from onnx_infodiscard.errors import InfodiscardError
 
     if isinstance(err, InfodiscardError):
         if debug:
             traceback.print_exception(err)
-        _error(err.rendered())
+        flags = _flags(args[_first_command(list(args))] if _first_command(list(args)) < len(args) else None)
+        _error(err.rendered(lambda option: flags.get(option, option)))
         return err.exit_code
     if debug:
         traceback.print_exception(err)
     first = (str(err).strip().splitlines() or [""])[0]
     _error(f"internal error: {type(err).__name__}: {first} (run with --debug for the traceback)")
     return EXIT_INTERNAL
+
+
+#: Library options that no CLI parameter carries under their own name: the flag that governs them.
+FLAG_ALIASES = {"cache": "--no-cache", "layers": "--layer", "set": "--set"}
+
+
+def _flags(command: str | None) -> dict[str, str]:
+    """Python parameter name -> its long flag (`input_name` -> `--input`): the command's own, then
+    FLAG_ALIASES, then any command's. A library error names its option; the line shows a real flag."""
+    try:
+        import typer
+
+        from onnx_infodiscard_cli.app import app
+
+        group = typer.main.get_command(app)
+        own = [group.commands[command]] if command in group.commands else []
+        found: dict[str, str] = {}
+        for each in [*own, None, *group.commands.values(), group]:
+            if each is None:
+                found = {**FLAG_ALIASES, **found}
+                continue
+            for param in each.params:
+                long = [opt for opt in param.opts if opt.startswith("--")]
+                if long and param.name:
+                    found.setdefault(param.name, long[0])
+        return found
+    except Exception:  # noqa: BLE001 - while reporting an error, never raise another
+        return dict(FLAG_ALIASES)
 
 
 def _error(message: str) -> None:

@@ -376,6 +376,31 @@ def check_differentiable(model: NormalisedModel, layers: Sequence[Layer]) -> Non
             )
 
 
+def check_single_input(model: NormalisedModel, layers: Sequence[Layer]) -> None:
+    """Refuse layers that also read a graph input other than the image: the analysis feeds only the
+    image, so such a layer could not be computed (or would be computed from nothing)."""
+    graph = model.proto.graph
+    constants = {init.name for init in graph.initializer}
+    others = [v.name for v in graph.input if v.name != model.input_name and v.name not in constants]
+    if not others:
+        return
+    source = {name: (name, None) for name in others}  # tensor -> (the other input it reads, first node on the way)
+    for node in graph.node:
+        found = next((source[name] for name in node_inputs(node) if name in source), None)
+        if found is not None:
+            for name in node.output:
+                source[name] = (found[0], found[1] or node)
+    for layer in layers:
+        if layer.name in source:
+            other, node = source[layer.name]
+            raise InputError(
+                f"layer '{layer.name}' also depends on graph input '{other}' (through node '{node.name}', "
+                f"{node.op_type}), which the analysis cannot feed: it feeds only the image input "
+                f"'{model.input_name}'; choose a layer before that node, or export the model with '{other}' "
+                "as a constant"
+            )
+
+
 def _differentiable_slots(node: onnx.NodeProto) -> set[int] | None:
     """None: every slot is differentiable; an empty set: none is."""
     if node.op_type in NON_DIFFERENTIABLE:

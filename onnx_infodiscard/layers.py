@@ -16,38 +16,12 @@ from .passes import NormalisedModel, shape_table
 from .passes.proto import node_inputs
 from .preprocess import guess_layout
 
-#: Ops whose outputs carry no gradient back to the named input slots (None: to none of them).
-NON_DIFFERENTIABLE = {
-    "ArgMax": None,
-    "ArgMin": None,
-    "Round": None,
-    "Floor": None,
-    "Ceil": None,
-    "Sign": None,
-    "Shape": None,
-    "Size": None,
-    "NonZero": None,
-    "Equal": None,
-    "Less": None,
-    "LessOrEqual": None,
-    "Greater": None,
-    "GreaterOrEqual": None,
-    "Not": None,
-    "And": None,
-    "Or": None,
-    "Xor": None,
-    "IsNaN": None,
-    "IsInf": None,
-    "ConstantOfShape": None,
-    "Range": None,
-    "EyeLike": None,
-    "OneHot": None,
-    "QuantizeLinear": None,
-    "RandomNormalLike": None,
-    "RandomUniformLike": None,
-    "BitShift": None,
-    "Mod": None,
-}
+#: Ops whose outputs carry no gradient back to any input.
+NON_DIFFERENTIABLE = frozenset(
+    "ArgMax ArgMin Round Floor Ceil Sign Shape Size NonZero Equal Less LessOrEqual Greater GreaterOrEqual Not And "
+    "Or Xor IsNaN IsInf ConstantOfShape Range EyeLike OneHot QuantizeLinear RandomNormalLike RandomUniformLike "
+    "BitShift Mod".split()
+)
 #: Ops whose gradient flows only through some input slots (the rest are shapes or indices).
 DIFFERENTIABLE_SLOTS = {
     "Reshape": {0},

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .errors import InputError, close_matches
-from .images import find_images, load_images
+from .files import regular_file
+from .images import MAX_CSV_BYTES, find_images, load_images
 from .load import load_model
 from .preprocess import Preprocess, Preprocessing, canonical_shape, read_card, resolve_preprocessing
 
@@ -59,8 +60,11 @@ def read_labels(path: str | Path) -> dict[str, str]:
     """
     path = Path(path)
     try:
-        with open(path, newline="") as handle:
+        regular_file(path, "labels CSV", MAX_CSV_BYTES)
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark is fine
             rows = list(csv.DictReader(handle))
+    except InputError as err:
+        raise InputError(err.message, option="labels") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"{path}: cannot read the labels CSV ({err})", option="labels") from None
     columns = {c.strip() for c in (rows[0].keys() if rows else []) if c}

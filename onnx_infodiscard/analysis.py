@@ -18,7 +18,7 @@ from .preprocess import Preprocessing
 from .results import RELIABILITY_FLAG, ImageSummary, LayerResult, Report, RUResult
 from .rowcache import RowCache
 from .rows import Row, SolvedRow, distortion
-from .ru import DecoderConfig, trained_decoder
+from .ru import DecoderConfig, check_cache_dir, trained_decoder
 from .session import Session, open_session
 
 Progress = Callable[[str, int, int], None]
@@ -55,6 +55,8 @@ def analyze(
     """
     start = time.perf_counter()
     settings.validate()
+    if ru:
+        check_cache_dir()  # before any work: a cache it cannot write would fail after the training
     if not isinstance(model, Session):
         model = open_session(
             model,

@@ -12,7 +12,15 @@ import torch
 
 from .convert import Conversion, convert
 from .crosscheck import DEFAULT_RTOL, CrossCheck, cross_check
-from .layers import Layer, Selection, check_differentiable, constant_tensors, list_layers, selection
+from .layers import (
+    Layer,
+    Selection,
+    check_differentiable,
+    check_single_input,
+    constant_tensors,
+    list_layers,
+    selection,
+)
 from .load import LoadedModel, load_model
 from .passes import NormalisedModel, normalise
 
@@ -67,6 +75,7 @@ def choose_layers(normalised: NormalisedModel, specs: Sequence[str]) -> Selectio
     what `auto` could not give."""
     chosen = selection(list_layers(normalised), specs, constant_tensors(normalised))
     check_differentiable(normalised, list(chosen.layers))
+    check_single_input(normalised, list(chosen.layers))
     return chosen
 
 

@@ -1,6 +1,7 @@
 """Errors a user can act on. Each carries the CLI exit code that reports it: 1 an audit rule held,
 2 bad usage or input, 3 conversion or cross-check failure, 4 some result did not converge. (The CLI
-adds 70 for an internal error, a bug, and 130 for an interrupted run.)
+adds 70 for an internal error, a bug, 130 for an interrupted run, 141 for a broken pipe and 143 for
+SIGTERM; see `onnx_infodiscard_cli.main`.)
 
 A library error about one argument names it by its Python name in `option` (`tau`, `max_memory`)
 and leaves it out of the message; `str(err)` reads `tau: ...` for library users, and the CLI

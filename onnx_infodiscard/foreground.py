@@ -54,4 +54,11 @@ class Foreground:
         if self.mask:
             return [mask_from_file(self.mask, image) for image in images]
         boxes = read_boxes(self.boxes_csv)
+        if images and not any(image.name in boxes for image in images):
+            raise InputError(
+                f"{self.boxes_csv}: the boxes CSV has a row for none of the {len(images)} images ("
+                + (f"its 'file' column holds e.g. {next(iter(boxes))!r}, " if boxes else "it has no rows, ")
+                + f"the images are named e.g. {images[0].name!r}); give one row per image, by its file name",
+                option="fg_boxes",
+            )
         return [box_mask(boxes[image.name], image) if image.name in boxes else None for image in images]

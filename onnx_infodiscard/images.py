@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+from .files import regular_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -30,29 +30,6 @@ class CanonicalImage:
     name: str  # the file name, as matched by a boxes CSV
     pixels: np.ndarray  # (C, H, W) float32 in [0, 1]
     original_size: tuple[int, int]  # (height, width) of the file
-
-
-def regular_file(path: str | Path, what: str, max_bytes: int | None = None) -> Path:
-    """`path`, checked to be a regular file (not a FIFO, device or folder) of at most `max_bytes`
-    before anything opens it: a FIFO would block the read, /dev/zero would never end."""
-    path = Path(path)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such {what} file") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{path}: is a folder, not a {what} file")
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device or socket"
-        raise InputError(f"{path}: is {kind}, not a regular file; give the {what} as a file")
-    if max_bytes is not None and info.st_size > max_bytes:
-        raise InputError(
-            f"{path}: {info.st_size / 2**20:.0f} MiB is over the {max_bytes / 2**20:.0f} MiB limit for a "
-            f"{what}; give a smaller file"
-        )
-    return path
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:

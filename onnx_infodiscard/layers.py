@@ -13,40 +13,15 @@ from . import layouts as L
 from .errors import InputError, close_matches
 from .layouts import ACTIVATIONS
 from .passes import NormalisedModel, shape_table
+from .passes.proto import node_inputs
 from .preprocess import guess_layout
 
-#: Ops whose outputs carry no gradient back to the named input slots (None: to none of them).
-NON_DIFFERENTIABLE = {
-    "ArgMax": None,
-    "ArgMin": None,
-    "Round": None,
-    "Floor": None,
-    "Ceil": None,
-    "Sign": None,
-    "Shape": None,
-    "Size": None,
-    "NonZero": None,
-    "Equal": None,
-    "Less": None,
-    "LessOrEqual": None,
-    "Greater": None,
-    "GreaterOrEqual": None,
-    "Not": None,
-    "And": None,
-    "Or": None,
-    "Xor": None,
-    "IsNaN": None,
-    "IsInf": None,
-    "ConstantOfShape": None,
-    "Range": None,
-    "EyeLike": None,
-    "OneHot": None,
-    "QuantizeLinear": None,
-    "RandomNormalLike": None,
-    "RandomUniformLike": None,
-    "BitShift": None,
-    "Mod": None,
-}
+#: Ops whose outputs carry no gradient back to any input.
+NON_DIFFERENTIABLE = frozenset(
+    "ArgMax ArgMin Round Floor Ceil Sign Shape Size NonZero Equal Less LessOrEqual Greater GreaterOrEqual Not And "
+    "Or Xor IsNaN IsInf ConstantOfShape Range EyeLike OneHot QuantizeLinear RandomNormalLike RandomUniformLike "
+    "BitShift Mod".split()
+)
 #: Ops whose gradient flows only through some input slots (the rest are shapes or indices).
 DIFFERENTIABLE_SLOTS = {
     "Reshape": {0},
@@ -130,7 +105,7 @@ def list_layers(model: NormalisedModel) -> list[Layer]:
     level = {model.input_name: 0}
     produced: list[tuple[onnx.NodeProto, str]] = []
     for node in graph.node:
-        parents = [level[name] for name in node.input if name in level]
+        parents = [level[name] for name in node_inputs(node) if name in level]
         if not parents:
             continue
         for name in node.output:
@@ -220,7 +195,7 @@ def constant_tensors(model: NormalisedModel) -> set[str]:
     reaches = {model.input_name}
     names = {init.name for init in graph.initializer}
     for node in graph.node:
-        if any(name in reaches for name in node.input):
+        if any(name in reaches for name in node_inputs(node)):
             reaches.update(node.output)
         else:
             names.update(name for name in node.output if name)
@@ -338,17 +313,23 @@ def _shortfall_note(
 
 
 def check_differentiable(model: NormalisedModel, layers: Sequence[Layer]) -> None:
-    """Refuse layers that do not depend on the input differentiably, naming the op that blocks them."""
+    """Refuse layers that do not depend on the input differentiably, naming the op that blocks them.
+
+    A node with subgraphs (If, Loop) also depends on the outer-scope tensors its branches read; those
+    carry a gradient (an If's condition does not, but its chosen branch's value does).
+    """
     graph = model.proto.graph
     reaches = {model.input_name}  # tensors that depend on the input at all
     flows = {model.input_name}  # tensors a gradient can flow back from to the input
     blocker: dict[str, onnx.NodeProto] = {}
     for node in graph.node:
-        touched = [name for name in node.input if name in reaches]
+        read = node_inputs(node)
+        touched = [name for name in read if name in reaches]
         if not touched:
             continue
         slots = _differentiable_slots(node)
-        differentiable = any(name in flows for i, name in enumerate(node.input) if slots is None or i in slots)
+        explicit = any(name in flows for i, name in enumerate(node.input) if slots is None or i in slots)
+        differentiable = explicit or any(name in flows for name in read[len(node.input) :])
         for out_index, name in enumerate(node.output):
             reaches.add(name)
             if differentiable and not (node.op_type == "TopK" and out_index == 1):
@@ -366,6 +347,31 @@ def check_differentiable(model: NormalisedModel, layers: Sequence[Layer]) -> Non
             raise InputError(
                 f"layer '{layer.name}' depends on the input only through non-differentiable op "
                 f"{node.op_type} (node '{node.name}'); choose a layer before it"
+            )
+
+
+def check_single_input(model: NormalisedModel, layers: Sequence[Layer]) -> None:
+    """Refuse layers that also read a graph input other than the image: the analysis feeds only the
+    image, so such a layer could not be computed (or would be computed from nothing)."""
+    graph = model.proto.graph
+    constants = {init.name for init in graph.initializer}
+    others = [v.name for v in graph.input if v.name != model.input_name and v.name not in constants]
+    if not others:
+        return
+    source = {name: (name, None) for name in others}  # tensor -> (the other input it reads, first node on the way)
+    for node in graph.node:
+        found = next((source[name] for name in node_inputs(node) if name in source), None)
+        if found is not None:
+            for name in node.output:
+                source[name] = (found[0], found[1] or node)
+    for layer in layers:
+        if layer.name in source:
+            other, node = source[layer.name]
+            raise InputError(
+                f"layer '{layer.name}' also depends on graph input '{other}' (through node '{node.name}', "
+                f"{node.op_type}), which the analysis cannot feed: it feeds only the image input "
+                f"'{model.input_name}'; choose a layer before that node, or export the model with '{other}' "
+                "as a constant"
             )
 
 

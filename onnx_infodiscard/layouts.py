@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .passes.proto import node_inputs
+
 NCHW, NHWC, TOKENS, WINDOWS, VECTOR, OTHER, UNKNOWN = "nchw", "nhwc", "tokens", "windows", "vector", "other", "unknown"
 #: Layouts whose positions are image positions: the feature maps `auto` offers.
 SPATIAL = (NCHW, NHWC, TOKENS)
@@ -158,7 +160,7 @@ def layouts(
     batch_symbol = (shapes.get(input_name) or [None])[0]
     found = {input_name: input_layout}
     for node in graph.node:
-        reached = [name for name in node.input if name in found]
+        reached = [name for name in node_inputs(node) if name in found]
         if not reached:
             continue
         hint = _hint(node, reached, found, shapes)

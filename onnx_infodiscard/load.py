@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from .errors import InputError
+from .files import regular_file
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def load_model(path: str | Path) -> LoadedModel:
         raise InputError(f"{path}: no such file; give the path of an .onnx model")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give the path of an .onnx model inside it")
-    data = path.read_bytes()
+    data = regular_file(path, "model").read_bytes()  # a FIFO would block, /dev/zero never end
     if not data:
         raise InputError(f"{path}: the file is empty; re-export the model")
     try:
@@ -146,7 +147,13 @@ def _load_external_data(path: Path, proto: onnx.ModelProto) -> None:
     for tensor in _all_tensors(proto.graph):
         if not external_data_helper.uses_external_data(tensor):
             continue
-        info = external_data_helper.ExternalDataInfo(tensor)
+        try:
+            info = external_data_helper.ExternalDataInfo(tensor)
+        except (ValueError, TypeError) as err:  # offset or length not a whole number >= 0
+            raise InputError(
+                f"{path}: tensor '{tensor.name}' has a malformed external-data entry ({_first_line(err)}); "
+                "re-export the model"
+            ) from None
         location = Path(info.location)
         target = (base / location).resolve()
         if location.is_absolute() or not target.is_relative_to(base):
@@ -154,6 +161,8 @@ def _load_external_data(path: Path, proto: onnx.ModelProto) -> None:
                 f"{path}: tensor '{tensor.name}' points to external data '{info.location}' outside the "
                 f"model's folder; keep external data files beside the model"
             )
+        if target.exists():
+            regular_file(target, "external data")  # a FIFO or device would block the read
         if not target.is_file():
             raise InputError(
                 f"{path}: external data file '{info.location}' for tensor '{tensor.name}' is missing; "

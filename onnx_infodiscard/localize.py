@@ -391,7 +391,7 @@ def _targets(
     path: Path, images: Sequence[CanonicalImage], card: ModelCard, scores: torch.Tensor
 ) -> tuple[list[int], str]:
     """The class to explain per image: the CSV's `label` column (index or class name), else the prediction."""
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # read_boxes read it already, BOM and all
         rows = {row["file"].strip(): row for row in csv.DictReader(handle) if row.get("file")}
     classes = [str(c) for c in card.get("classes") or []]
     count = scores.shape[1]

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -99,6 +100,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "onnx-infodiscard")) / "decoders"
 
 
+def check_cache_dir() -> Path:
+    """The decoder cache, checked writable before any work: training takes minutes, and a run that
+    could not store its decoders would fail only after them."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise InputError(
+            f"the decoder cache {folder} is not a writable folder ({err.strerror or err}); point {CACHE_ENV} at one"
+        ) from None
+    return folder
+
+
 def images_hash(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()[:16]
 
@@ -185,11 +200,16 @@ def _psnr(mse: float) -> float:
 def _save(path: Path, module: nn.Module, mse: float) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
-    save_file(state, str(tmp), metadata={"held_out_mse": repr(mse)})
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(tmp), metadata={"held_out_mse": repr(mse)})
+        os.replace(tmp, path)
+    except OSError as err:  # the folder went away or filled up during training
+        raise InputError(
+            f"cannot write the decoder cache {path} ({err.strerror or err}); point {CACHE_ENV} at a writable folder"
+        ) from None
 
 
 def _load(path: Path, module: nn.Module) -> tuple[float, float] | None:

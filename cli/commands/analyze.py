@@ -17,6 +17,7 @@ from onnx_infodiscard.embedded import default_model
 from onnx_infodiscard.output import check_output_folder
 from onnx_infodiscard.output.analysis import summary_json, write_report
 from onnx_infodiscard.rows import all_rows, estimate_rows
+from onnx_infodiscard.ru import check_cache_dir
 from onnx_infodiscard_cli import console, validate
 from onnx_infodiscard_cli.console import fmt, stage_progress, stdout
 from onnx_infodiscard_cli.options import (
@@ -141,7 +142,16 @@ def analyze(
         max_memory=max_memory,
     )
     cache = row_cache(no_cache)
-    inputs = [model or default_model(), *(images or []), fg_mask, fg_boxes, train_images, cache and cache.root]
+    decoders = check_cache_dir() if ru or ctx.info_name == "ru" else None  # writable, before any work
+    inputs = [
+        model or default_model(),
+        decoders,
+        *(images or []),
+        fg_mask,
+        fg_boxes,
+        train_images,
+        cache and cache.root,
+    ]
     out = check_output_folder(out, [p for p in inputs if p is not None], new_subfolder=new_subfolder)
     overrides = {
         "preset": choice(preset),

@@ -188,11 +188,14 @@ def _within(text: str | None) -> tuple[str, ...]:
 
 def read_study(path: str | Path) -> Study:
     """Parse and validate STUDY.toml completely (files, groups, metrics, labels); raise InputError."""
+    from ..files import regular_file
     from ..images import find_images
 
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(regular_file(path, "study", 16 << 20).read_text())  # a FIFO would block
+    except InputError as err:
+        raise InputError(err.message, option="groups") from None
     except FileNotFoundError:
         raise InputError(f"{path}: no such study file", option="groups") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as err:

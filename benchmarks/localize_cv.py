@@ -39,7 +39,7 @@ def subset(folder: Path, every: int, offset: int) -> None:
 
 def run(folder: Path, out: Path, grid: int | None, cid_only: bool, steps: int) -> None:
     from onnx_infodiscard.localize import localize
-    from onnx_infodiscard.localize_report import write_localization
+    from onnx_infodiscard.output.localization import write_localization
     from onnx_infodiscard.perturb import SolverSettings
 
     start = time.perf_counter()

@@ -171,7 +171,7 @@ def embed_card(path: Path, card: dict) -> None:
     `ModelCard`, the one place that knows the key), replacing the file."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from onnx_infodiscard.card import write_card
+    from onnx_infodiscard.card_edit import write_card
 
     write_card(path, card, path)
 

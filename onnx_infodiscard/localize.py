@@ -88,16 +88,9 @@ def localize(
     loaded = load_model(model)
     card = ModelCard.for_model(model, loaded.proto)
     boxes = Path(boxes) if boxes is not None else _card_boxes(model, card)
+    inputs = {"preprocessing_overrides": preprocessing_overrides, "input_name": input_name, "input_shape": input_shape}
     session = open_session(
-        model,
-        images,
-        _layer_specs(card, layers),
-        loaded=loaded,
-        outputs=True,
-        device=device,
-        preprocessing_overrides=preprocessing_overrides,
-        input_name=input_name,
-        input_shape=input_shape,
+        model, images, _layer_specs(card, layers), loaded=loaded, outputs=True, device=device, **inputs
     )
     truths = true_boxes(session.images, boxes)
     layer_names = [layer.name for layer in session.layers] if layers else [session.layers[-1].name]

@@ -188,20 +188,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).float().mean())
 
 
-def export(model: nn.Module) -> None:
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 1, SIZE, SIZE),),
-        str(ONNX_PATH),
-        dynamo=False,
-        opset_version=13,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
-        do_constant_folding=True,
-    )
-
-
 def quantize(imgs: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] -> uint8, the form they ship in (8-bit PNG)."""
     return np.round(np.clip(imgs, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -294,7 +280,7 @@ def main() -> int:
     model = train(digits[train_idx], y[train_idx], train_src, base.SEED)
     acc = evaluate(model, x_te, y_te)
     print(f"held-out accuracy {acc:.4f} ({round(acc * len(test_idx))} / {len(test_idx)})")
-    export(model)
+    base.export_torchscript(model, ONNX_PATH, SIZE, opset=13)
     err, mag = base.verify_onnx(model, x_te, ONNX_PATH, "image")
     print(f"onnxruntime vs torch max |diff| = {err:.2e} (max |logit| {mag:.1f})")
     relus = base.relu_outputs(ONNX_PATH, "image")

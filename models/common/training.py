@@ -126,6 +126,24 @@ def fit(
     return model.eval()
 
 
+def export_torchscript(model, path: Path, side: int, opset: int, input_name: str = "image") -> None:
+    """Export a (N, 1, side, side) -> logits model with the TorchScript exporter (dynamo=False):
+    the batch dim free, constants folded."""
+    import torch
+
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, side, side),),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=[input_name],
+        output_names=["logits"],
+        dynamic_axes={input_name: {0: "N"}, "logits": {0: "N"}},
+        do_constant_folding=True,
+    )
+
+
 def evaluate(model, x, y) -> float:
     import torch
 

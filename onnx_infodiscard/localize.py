@@ -17,7 +17,7 @@ import torch
 
 from .attribution import CONTROLS, MODEL_METHODS, Classifier
 from .card import ModelCard
-from .embedded import BENCHMARK_MODEL
+from .embedded import benchmark_model
 from .errors import InputError, close_matches
 from .load import load_model
 from .localization import DEFAULT_FOLDS, IOU_HIT
@@ -84,7 +84,7 @@ def localize(
     methods, controls = _checked(methods, MODEL_METHODS, "method"), _checked(controls, CONTROLS, "control")
     grids = _grids(grids, settings, folds)
     report_progress = progress or (lambda stage, advance, total: None)
-    model = Path(model) if model is not None else _benchmark_model()
+    model = Path(model) if model is not None else benchmark_model()
     loaded = load_model(model)
     card = ModelCard.for_model(model, loaded.proto)
     boxes = Path(boxes) if boxes is not None else _card_boxes(model, card)
@@ -139,15 +139,6 @@ def _checked(names: Sequence[str], known: Sequence[str], what: str) -> list[str]
         if name not in known:
             raise InputError(f"unknown {what} '{name}'{close_matches(name, known, 1)} (choose from {', '.join(known)})")
     return list(dict.fromkeys(names))
-
-
-def _benchmark_model() -> Path:
-    if not BENCHMARK_MODEL.is_file():
-        raise InputError(
-            f"the shipped localisation benchmark {BENCHMARK_MODEL} is missing; install from a source "
-            "checkout (pip install -e .) or give a MODEL with --images and --boxes"
-        )
-    return BENCHMARK_MODEL
 
 
 def _card_boxes(model: Path, card: ModelCard) -> Path:

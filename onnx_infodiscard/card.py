@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -147,6 +147,13 @@ class ModelCard:
 
     def __contains__(self, key: object) -> bool:
         return key in self.to_json()
+
+    def with_updates(self, sets: Sequence[str] = (), unsets: Sequence[str] = ()) -> ModelCard:
+        """This card with each `key=value` set and each key removed, validated again."""
+        from .card_edit import updated_json  # card_edit builds on this module
+
+        new = updated_json(self.to_json(), sets, unsets)
+        return ModelCard.from_json(new, source=self.source, location=self.location, folder=self.folder)
 
     def check_against(self, model: onnx.ModelProto) -> None:
         """Refuse an input or a named layer the graph does not have (indices, globs and `auto` are

@@ -125,6 +125,8 @@ def analyze(
         input_shape=input_shape,
         device=opt.choice(device),
     )
+    if foreground:
+        foreground.masks(session.images)  # a box outside the images fails now, before any estimate
     if not as_json and not ray:
         _print_estimate(session, settings)
     with stage_progress(as_json) as progress:

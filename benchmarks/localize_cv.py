@@ -11,8 +11,8 @@ the runs from their saved maps (the same pure functions and folds `localize(grid
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,24 +22,23 @@ import torch
 
 
 def subset(folder: Path, every: int, offset: int) -> None:
+    """Copy every `every`-th benchmark image by name (from `offset`) and its line of boxes.csv into `folder`."""
     from onnx_infodiscard.embedded import BENCHMARK_MODEL
 
     source = BENCHMARK_MODEL.parent / "images"
-    with open(source / "boxes.csv", newline="") as handle:
-        rows = sorted(csv.DictReader(handle), key=lambda row: row["file"])[offset::every]
+    header, *lines = (source / "boxes.csv").read_text().splitlines()
+    kept = sorted(lines, key=lambda line: line.split(",", 1)[0])[offset::every]  # the file name comes first
     folder.mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        (folder / row["file"]).write_bytes((source / row["file"]).read_bytes())
-    with open(folder / "boxes.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"{len(rows)} images in {folder}")
+    for line in kept:
+        name = line.split(",", 1)[0]
+        shutil.copyfile(source / name, folder / name)
+    (folder / "boxes.csv").write_text("\n".join([header, *kept]) + "\n")
+    print(f"{len(kept)} images in {folder}")
 
 
 def run(folder: Path, out: Path, grid: int | None, cid_only: bool, steps: int) -> None:
     from onnx_infodiscard.localize import localize
-    from onnx_infodiscard.localize_report import write_localization
+    from onnx_infodiscard.output.localization import write_localization
     from onnx_infodiscard.perturb import SolverSettings
 
     start = time.perf_counter()

@@ -59,51 +59,50 @@ InputName = Annotated[Optional[str], typer.Option("--input", help="Name of the i
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]
 
-Tau = Annotated[
+
+def _checked_number(kind: type, what: str, low: float, high: float | None = None, *, help: str, **option) -> object:
+    """An option of type `kind` refused outside [low, high] (`what`: the range, as errors say it)."""
+    low_open = option.pop("low_open", False)
+    decls = option.pop("decls", ())
+    callback = validate.number(what, low, high, low_open=low_open)
+    return Annotated[kind, typer.Option(*decls, callback=callback, help=help, **option)]
+
+
+Tau = _checked_number(
     float,
-    typer.Option(
-        callback=validate.number(f"a finite distortion budget > 0 (default {SOLVER.tau})", 0, low_open=True),
-        help="Distortion budget D/(N·Var f), the same for every layer and model.",
-    ),
-]
-Steps = Annotated[
+    f"a finite distortion budget > 0 (default {SOLVER.tau})",
+    0,
+    low_open=True,
+    help="Distortion budget D/(N·Var f), the same for every layer and model.",
+)
+Steps = _checked_number(
+    int, f"1 to {MAX_STEPS} optimisation steps (default {SOLVER.steps})", 1, MAX_STEPS, help="Adam steps on log σ."
+)
+Samples = _checked_number(
     int,
-    typer.Option(
-        callback=validate.number(f"1 to {MAX_STEPS} optimisation steps (default {SOLVER.steps})", 1, MAX_STEPS),
-        help="Adam steps on log σ.",
-    ),
-]
-Samples = Annotated[
-    int,
-    typer.Option(
-        callback=validate.number(f"1 to {MAX_SAMPLES} noise samples (default {SOLVER.samples})", 1, MAX_SAMPLES),
-        help="Noise samples per image and layer per step.",
-    ),
-]
-Grid = Annotated[
+    f"1 to {MAX_SAMPLES} noise samples (default {SOLVER.samples})",
+    1,
+    MAX_SAMPLES,
+    help="Noise samples per image and layer per step.",
+)
+Grid = _checked_number(
     Optional[int],
-    typer.Option(
-        callback=validate.number(f"a grid size from 1 to {MAX_GRID}, e.g. 16", 1, MAX_GRID),
-        help="σ on a GRID×GRID lattice (default: one σ per pixel).",
-    ),
-]
-SigmaMax = Annotated[
+    f"a grid size from 1 to {MAX_GRID}, e.g. 16",
+    1,
+    MAX_GRID,
+    help="σ on a GRID×GRID lattice (default: one σ per pixel).",
+)
+SigmaMax = _checked_number(
     float,
-    typer.Option(
-        "--sigma-max",
-        callback=validate.number(
-            f"a finite σ > 0 (default {SOLVER.sigma_max}, the full pixel range)", 0, low_open=True
-        ),
-        help="Largest σ, canonical units (1 = full pixel range).",
-    ),
-]
-Seed = Annotated[
-    int,
-    typer.Option(
-        callback=validate.number(f"a seed from 0 to {MAX_SEED}", 0, MAX_SEED),
-        help="Seed of the noise; same seed, same numbers.",
-    ),
-]
+    f"a finite σ > 0 (default {SOLVER.sigma_max}, the full pixel range)",
+    0,
+    low_open=True,
+    decls=("--sigma-max",),
+    help="Largest σ, canonical units (1 = full pixel range).",
+)
+Seed = _checked_number(
+    int, f"a seed from 0 to {MAX_SEED}", 0, MAX_SEED, help="Seed of the noise; same seed, same numbers."
+)
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs (auto: cuda when torch sees one).")]
 PrecisionOpt = Annotated[
     Precision, typer.Option("--precision", help="Autocast of the optimisation steps (D/τ is always measured in fp32).")

@@ -22,6 +22,17 @@ from .ru import DecoderConfig, check_cache_dir, trained_decoder
 from .session import Session, open_session
 
 Progress = Callable[[str, int, int], None]
+#: What a `LayerResult` takes from its `SolvedRow` as it is.
+SOLVED_FIELDS = (
+    "converged",
+    "d_over_tau",
+    "eval_samples",
+    "multiplier",
+    "steps",
+    "seconds",
+    "extra_steps",
+    "reliability",
+)
 
 
 def analyze(
@@ -76,19 +87,12 @@ def analyze(
     masks = foreground.masks(session.images) if foreground else [None] * len(session.images)
     rows = [Row(layer.name, i) for layer in chosen for i in range(len(session.images))]
     solved, from_cache = solve_all(session, rows, settings, cache=cache, ray=ray, progress=progress)
-    ru_results = (
-        _reconstruction_uncertainty(
-            session,
-            rows,
-            settings,
-            train_images,
-            decoder_config,
-            retrain,
-            progress or (lambda stage, advance, total: None),
+    ru_results = dict.fromkeys(rows)
+    if ru:
+        ru_progress = progress or (lambda stage, advance, total: None)
+        ru_results = _reconstruction_uncertainty(
+            session, rows, settings, train_images, decoder_config, retrain, ru_progress
         )
-        if ru
-        else {row: None for row in rows}
-    )
     results = [_layer_result(session, row, solved[row], ru_results[row], masks[row.image], settings) for row in rows]
     summaries = tuple(
         ImageSummary(image.name, metrics.input_cid(image.pixels, settings.tau), mask is not None)
@@ -135,16 +139,9 @@ def _layer_result(session: Session, row: Row, solved: SolvedRow, ru: RUResult | 
         delta_cid=value - metrics.input_cid(image.pixels, settings.tau),
         concentration=metrics.concentration(entropy, mask) if mask is not None else None,
         saturated_fraction=metrics.saturated_fraction(solved.log_sigma, settings.sigma_max),
-        converged=solved.converged,
-        d_over_tau=solved.d_over_tau,
         d_over_tau_se=solved.standard_error,
-        eval_samples=solved.eval_samples,
-        multiplier=solved.multiplier,
-        steps=solved.steps,
-        seconds=solved.seconds,
         ru=ru,
-        extra_steps=solved.extra_steps,
-        reliability=solved.reliability,
+        **{name: getattr(solved, name) for name in SOLVED_FIELDS},
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from .accuracy import accuracy, read_labels
@@ -145,23 +146,12 @@ def compare(
         if raw_labels is not None
         else {}
     )  # before the long part, so missing labels fail at once
+    run = partial(analyze, settings=settings, foreground=foreground, device=device, cache=cache, ray=ray)
     reports = []
     for name, path in zip(names, paths):
         advance = (lambda stage, a, t, name=name: progress(f"{name}: {stage}", a, t)) if progress else None
-        reports.append(
-            analyze(
-                path,
-                list(images),
-                list(layers) if layers else None,
-                settings=settings,
-                foreground=foreground,
-                device=device,
-                cache=cache,
-                ray=ray,
-                progress=advance,
-            )
-        )
-    rows = tuple(row for name, report in zip(names, reports) for row in _rows(name, report))
+        reports.append(run(path, list(images), list(layers) if layers else None, progress=advance))
+    rows = tuple(row for name, report in zip(names, reports) for row in compared_layers(name, report))
     comparison = Comparison(tuple(names), tuple(reports), rows, accuracy=accuracies)
     outcomes = tuple(evaluate(rules, audit_table(comparison))) if rules else ()
     return Comparison(tuple(names), tuple(reports), rows, outcomes, time.perf_counter() - start, accuracies)
@@ -197,7 +187,8 @@ def _shared_card_images(paths: Sequence[Path]) -> list[Path]:
     return [folders.pop()]
 
 
-def _rows(name: str, report: Report) -> list[ComparedLayer]:
+def compared_layers(name: str, report: Report) -> list[ComparedLayer]:
+    """One row per layer of `report`: its means over the converged images, under the model's `name`."""
     rows = []
     for mean in report.layer_means():
         total = sum(1 for r in report.results if r.layer == mean["layer"])

@@ -49,12 +49,20 @@ BENCHMARK_MODEL = _shipped("cluttered_digits")
 
 
 def default_model() -> Path:
-    if not DEFAULT_MODEL.is_file():
-        raise InputError(
-            f"the embedded default model {DEFAULT_MODEL} is missing from this install; reinstall "
-            "onnx-infodiscard or give a MODEL"
-        )
-    return DEFAULT_MODEL
+    """The embedded default of `analyze`, refused with the fix when the install lacks it."""
+    return _installed(DEFAULT_MODEL, "embedded default model", "reinstall onnx-infodiscard or give a MODEL")
+
+
+def benchmark_model() -> Path:
+    """The shipped localisation benchmark of `localize`, refused with the fix when the install lacks it."""
+    fix = "install from a source checkout (pip install -e .) or give a MODEL with --images and --boxes"
+    return _installed(BENCHMARK_MODEL, "shipped localisation benchmark", fix)
+
+
+def _installed(path: Path, what: str, fix: str) -> Path:
+    if not path.is_file():
+        raise InputError(f"the {what} {path} is missing from this install; {fix}")
+    return path
 
 
 def card_images(model: Path, card, key: str = "images") -> list[Path]:

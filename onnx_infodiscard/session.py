@@ -167,17 +167,8 @@ def open_session(
     normalised = normalise(loaded.proto, input_name, input_shape)
     selected = choose_layers(normalised, requested)
     chosen = list(selected.layers)
-    output = normalised.proto.graph.output[0].name if outputs else None
-    known = {layer.name for layer in chosen}
-    converted = [*chosen, *(choose_layers(normalised, [output]).layers if output and output not in known else ())]
-    with torch.no_grad():  # the first image is the cross-check's probe, in model space
-        probe = Preprocess(preprocessing, canonical[0].pixels.shape[0])(torch.from_numpy(canonical[0].pixels[None]))
-    conversion, check = convert_and_check(
-        normalised,
-        sorted(converted, key=lambda layer: layer.index),
-        probe.numpy(),
-        tolerance,
-        torch_device.type == "cuda",
+    output, conversion, check = _convert(
+        normalised, chosen, outputs, preprocessing, canonical[0], tolerance, torch_device
     )
     return Session(
         loaded,
@@ -193,6 +184,24 @@ def open_session(
         time.perf_counter() - start,
         selected.notes,
     )
+
+
+def _convert(normalised, chosen, outputs: bool, preprocessing, probe_image, tolerance: float, device: torch.device):
+    """Convert the chosen layers (and, with `outputs`, the graph's first output) and cross-check
+    them against onnxruntime on `probe_image`: (output name or None, conversion, check)."""
+    output = normalised.proto.graph.output[0].name if outputs else None
+    known = {layer.name for layer in chosen}
+    converted = [*chosen, *(choose_layers(normalised, [output]).layers if output and output not in known else ())]
+    with torch.no_grad():  # the first image is the cross-check's probe, in model space
+        probe = Preprocess(preprocessing, probe_image.pixels.shape[0])(torch.from_numpy(probe_image.pixels[None]))
+    conversion, check = convert_and_check(
+        normalised,
+        sorted(converted, key=lambda layer: layer.index),
+        probe.numpy(),
+        tolerance,
+        device.type == "cuda",
+    )
+    return output, conversion, check
 
 
 def model_input_shape(proto, input_name, input_shape) -> tuple[int, ...]:

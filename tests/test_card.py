@@ -14,18 +14,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from onnx_infodiscard.card import (
-    ModelCard,
-    default_copy,
-    effective_card,
-    embedded_card,
-    parse_assignment,
-    sidecar_path,
-    updated,
-    validate,
-    with_card,
-    write_card,
-)
+from onnx_infodiscard.card import ModelCard, embedded_card, sidecar_path, with_card
+from onnx_infodiscard.card_edit import default_copy, effective_card, parse_assignment, updated, validate, write_card
 from onnx_infodiscard.errors import InputError
 from onnx_infodiscard.preprocess import METADATA_KEY, read_card
 

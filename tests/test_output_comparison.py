@@ -13,7 +13,7 @@ import pytest
 from test_report import make_report
 
 from onnx_infodiscard.audit import RuleOutcome
-from onnx_infodiscard.compare import COLUMNS, FILES, ComparedLayer, Comparison, plot, write_comparison
+from onnx_infodiscard.compare import COLUMNS, FILES, Comparison, compared_layers, plot, write_comparison
 from onnx_infodiscard.errors import InputError
 from onnx_infodiscard.localize import ImageScore, Localization, MethodScore
 from onnx_infodiscard.output.encode import csv_cell
@@ -27,25 +27,7 @@ def make_comparison(outcomes: tuple = ()) -> Comparison:
         dataclasses.replace(make_report(seed=1, concentration=False), model_path="/models/other.onnx"),
     )
     names = ("tiny", "other")
-    rows = []
-    for name, report in zip(names, reports):
-        for mean in report.layer_means():
-            total = sum(1 for r in report.results if r.layer == mean["layer"])
-            rows.append(
-                ComparedLayer(
-                    model=name,
-                    layer=mean["layer"],
-                    index=mean["index"],
-                    op_type=mean["op_type"],
-                    depth=mean["depth"],
-                    cid=mean["cid"],
-                    delta_cid=mean["delta_cid"],
-                    concentration=mean["concentration"],
-                    converged=mean["n_images"] == total,
-                    n_converged=mean["n_images"],
-                    n_images=total,
-                )
-            )
+    rows = [row for name, report in zip(names, reports) for row in compared_layers(name, report)]
     return Comparison(names, reports, tuple(rows), outcomes, seconds=2.5)
 
 

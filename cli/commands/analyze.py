@@ -19,37 +19,8 @@ from onnx_infodiscard.output.analysis import summary_json, write_report
 from onnx_infodiscard.rows import all_rows, estimate_rows
 from onnx_infodiscard.ru import check_cache_dir
 from onnx_infodiscard_cli import console, validate
+from onnx_infodiscard_cli import options as opt
 from onnx_infodiscard_cli.console import fmt, stage_progress, stdout
-from onnx_infodiscard_cli.options import (
-    SOLVER,
-    DeviceOpt,
-    FailIf,
-    Fg,
-    FgBoxes,
-    FgMask,
-    Grid,
-    InputName,
-    InputShape,
-    Json,
-    Layers,
-    Layout,
-    MaxMemory,
-    MemoryFormatOpt,
-    NewSubfolder,
-    NoCache,
-    Out,
-    PrecisionOpt,
-    Preset,
-    Ray,
-    Samples,
-    Seed,
-    SigmaMax,
-    Steps,
-    Tau,
-    choice,
-    row_cache,
-    solver_settings,
-)
 
 #: Predicted seconds above which a run says beforehand how long and how much memory it will take.
 ESTIMATE_ABOVE = 30
@@ -71,17 +42,17 @@ def analyze(
         Optional[list[Path]],
         typer.Argument(help="Image files, folders or .npy arrays (default: the card's images).", show_default=False),
     ] = None,
-    layer: Layers = None,
-    tau: Tau = SOLVER.tau,
-    steps: Steps = SOLVER.steps,
-    samples: Samples = SOLVER.samples,
-    grid: Grid = SOLVER.grid,
-    sigma_max: SigmaMax = SOLVER.sigma_max,
-    seed: Seed = SOLVER.seed,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = SOLVER.precision,
-    memory_format: MemoryFormatOpt = SOLVER.memory_format,
-    preset: Annotated[Optional[Preset], typer.Option(help="Preprocessing preset (default: the card's).")] = None,
+    layer: opt.Layers = None,
+    tau: opt.Tau = opt.SOLVER.tau,
+    steps: opt.Steps = opt.SOLVER.steps,
+    samples: opt.Samples = opt.SOLVER.samples,
+    grid: opt.Grid = opt.SOLVER.grid,
+    sigma_max: opt.SigmaMax = opt.SOLVER.sigma_max,
+    seed: opt.Seed = opt.SOLVER.seed,
+    device: opt.DeviceOpt = "auto",
+    precision: opt.PrecisionOpt = opt.SOLVER.precision,
+    memory_format: opt.MemoryFormatOpt = opt.SOLVER.memory_format,
+    preset: Annotated[Optional[opt.Preset], typer.Option(help="Preprocessing preset (default: the card's).")] = None,
     scale: Annotated[
         Optional[float],
         typer.Option(
@@ -100,16 +71,18 @@ def analyze(
         Optional[str],
         typer.Option(callback=validate.floats(positive=True), help="Per-channel std divided by after the mean."),
     ] = None,
-    layout: Annotated[Optional[Layout], typer.Option(case_sensitive=False, help="The model's input layout.")] = None,
+    layout: Annotated[
+        Optional[opt.Layout], typer.Option(case_sensitive=False, help="The model's input layout.")
+    ] = None,
     bgr: Annotated[
         Optional[bool], typer.Option("--bgr/--rgb", help="Feed channels as BGR.", show_default=False)
     ] = None,
-    fg: Fg = None,
-    fg_mask: FgMask = None,
-    fg_boxes: FgBoxes = None,
-    input_shape: InputShape = None,
-    input_name: InputName = None,
-    out: Out = Path("infodiscard-report"),
+    fg: opt.Fg = None,
+    fg_mask: opt.FgMask = None,
+    fg_boxes: opt.FgBoxes = None,
+    input_shape: opt.InputShape = None,
+    input_name: opt.InputName = None,
+    out: opt.Out = Path("infodiscard-report"),
     ru: Annotated[
         bool, typer.Option("--ru", help="Also reconstruction uncertainty (trains or loads decoders).")
     ] = False,
@@ -117,12 +90,12 @@ def analyze(
         Optional[Path], typer.Option("--train-images", help="Decoder training images (default: the card's).")
     ] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train decoders anew instead of using the cache.")] = False,
-    fail_if: FailIf = None,
-    max_memory: MaxMemory = None,
-    no_cache: NoCache = False,
-    ray: Ray = None,
-    new_subfolder: NewSubfolder = False,
-    as_json: Json = False,
+    fail_if: opt.FailIf = None,
+    max_memory: opt.MaxMemory = None,
+    no_cache: opt.NoCache = False,
+    ray: opt.Ray = None,
+    new_subfolder: opt.NewSubfolder = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Measure how much of each image's information each chosen layer discards (CID maps).
 
@@ -130,18 +103,9 @@ def analyze(
     report is written in both cases and says so), else 0.
     """
     rules = parse_rules(fail_if)
-    settings = solver_settings(
-        tau=tau,
-        steps=steps,
-        samples=samples,
-        grid=grid,
-        sigma_max=sigma_max,
-        seed=seed,
-        precision=precision,
-        memory_format=memory_format,
-        max_memory=max_memory,
-    )
-    cache = row_cache(no_cache)
+    noise = {"tau": tau, "steps": steps, "samples": samples, "grid": grid, "sigma_max": sigma_max, "seed": seed}
+    settings = opt.solver_settings(**noise, precision=precision, memory_format=memory_format, max_memory=max_memory)
+    cache = opt.row_cache(no_cache)
     decoders = check_cache_dir() if ru or ctx.info_name == "ru" else None  # writable, before any work
     inputs = [
         model or default_model(),
@@ -154,11 +118,11 @@ def analyze(
     ]
     out = check_output_folder(out, [p for p in inputs if p is not None], new_subfolder=new_subfolder)
     overrides = {
-        "preset": choice(preset),
+        "preset": opt.choice(preset),
         "scale": scale,
         "mean": mean,
         "std": std,
-        "layout": choice(layout),
+        "layout": opt.choice(layout),
         "bgr": bgr,
     }
     foreground = Foreground.parse(fg, fg_mask, fg_boxes)
@@ -169,8 +133,10 @@ def analyze(
         preprocessing_overrides=overrides,
         input_name=input_name,
         input_shape=input_shape,
-        device=choice(device),
+        device=opt.choice(device),
     )
+    if foreground:
+        foreground.masks(session.images)  # a box outside the images fails now, before any estimate
     if not as_json and not ray:
         _print_estimate(session, settings)
     with stage_progress(as_json) as progress:

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from onnx_infodiscard.card import default_copy, effective_card, sidecar_path, updated, write_card
+from onnx_infodiscard.card import sidecar_path
+from onnx_infodiscard.card_edit import default_copy, effective_card, updated, write_card
 from onnx_infodiscard_cli import console
 from onnx_infodiscard_cli.options import Model
 

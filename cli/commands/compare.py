@@ -14,28 +14,8 @@ from onnx_infodiscard.audit import parse_rules, raise_verdict, unconverged_resul
 from onnx_infodiscard.compare import compare as run_compare
 from onnx_infodiscard.output import check_output_folder, json_text
 from onnx_infodiscard.output.comparison import write_comparison
+from onnx_infodiscard_cli import options as opt
 from onnx_infodiscard_cli.console import fmt, stage_progress, stdout
-from onnx_infodiscard_cli.options import (
-    SOLVER,
-    DeviceOpt,
-    FailIf,
-    Fg,
-    FgBoxes,
-    FgMask,
-    Grid,
-    MaxMemory,
-    NewSubfolder,
-    NoCache,
-    Out,
-    Ray,
-    Samples,
-    Seed,
-    Steps,
-    Tau,
-    choice,
-    row_cache,
-    solver_settings,
-)
 
 VERDICTS = {"holds", "contradicted", "inconclusive"}
 
@@ -87,21 +67,21 @@ def compare(
             "(default: each card's suggested layers, else auto).",
         ),
     ] = None,
-    tau: Tau = SOLVER.tau,
-    steps: Steps = SOLVER.steps,
-    samples: Samples = SOLVER.samples,
-    seed: Seed = SOLVER.seed,
-    grid: Grid = SOLVER.grid,
-    device: DeviceOpt = "auto",
-    fg: Fg = None,
-    fg_mask: FgMask = None,
-    fg_boxes: FgBoxes = None,
-    fail_if: FailIf = None,
-    out: Out = Path("infodiscard-compare"),
-    max_memory: MaxMemory = None,
-    no_cache: NoCache = False,
-    ray: Ray = None,
-    new_subfolder: NewSubfolder = False,
+    tau: opt.Tau = opt.SOLVER.tau,
+    steps: opt.Steps = opt.SOLVER.steps,
+    samples: opt.Samples = opt.SOLVER.samples,
+    seed: opt.Seed = opt.SOLVER.seed,
+    grid: opt.Grid = opt.SOLVER.grid,
+    device: opt.DeviceOpt = "auto",
+    fg: opt.Fg = None,
+    fg_mask: opt.FgMask = None,
+    fg_boxes: opt.FgBoxes = None,
+    fail_if: opt.FailIf = None,
+    out: opt.Out = Path("infodiscard-compare"),
+    max_memory: opt.MaxMemory = None,
+    no_cache: opt.NoCache = False,
+    ray: opt.Ray = None,
+    new_subfolder: opt.NewSubfolder = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison table and audit as JSON.")] = False,
 ) -> None:
     """Run the same images through every model and compare CID and concentration by relative depth.
@@ -111,10 +91,10 @@ def compare(
     --fail-if rule holds (the outputs are still written and list the outcomes), else 4 when some
     image and layer did not converge, else 0.
     """
-    settings = solver_settings(tau=tau, steps=steps, samples=samples, seed=seed, grid=grid, max_memory=max_memory)
-    cache = row_cache(no_cache)
+    settings = opt.solver_settings(tau=tau, steps=steps, samples=samples, seed=seed, grid=grid, max_memory=max_memory)
+    cache = opt.row_cache(no_cache)
     if groups is not None:
-        return _study(groups, settings, max_images, choice(device), fail_if, cache, out, new_subfolder, as_json)
+        return _study(groups, settings, max_images, opt.choice(device), fail_if, cache, out, new_subfolder, as_json)
     rules = parse_rules(fail_if)
     inputs = [*(models or []), *(images or []), fg_mask, fg_boxes, cache and cache.root]
     out = check_output_folder(out, [p for p in inputs if p is not None], new_subfolder=new_subfolder)
@@ -126,7 +106,7 @@ def compare(
             layers,
             settings=settings,
             foreground=foreground,
-            device=choice(device),
+            device=opt.choice(device),
             rules=rules,
             labels=labels,
             cache=cache,

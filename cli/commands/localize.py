@@ -13,24 +13,8 @@ from onnx_infodiscard import localize as run_localize
 from onnx_infodiscard.output import check_output_folder, json_text
 from onnx_infodiscard.output.localization import write_localization
 from onnx_infodiscard_cli import console, validate
+from onnx_infodiscard_cli import options as opt
 from onnx_infodiscard_cli.console import stage_progress, stdout
-from onnx_infodiscard_cli.options import (
-    SOLVER,
-    DeviceOpt,
-    Grid,
-    MaxMemory,
-    NewSubfolder,
-    NoCache,
-    Out,
-    Ray,
-    Samples,
-    Seed,
-    Steps,
-    Tau,
-    choice,
-    row_cache,
-    solver_settings,
-)
 from onnx_infodiscard_cli.validate import MAX_OVERLAYS
 
 
@@ -75,12 +59,12 @@ def localize(
             help="Model-free controls, comma-separated: brightness, contrast, edges, center; 'none' for none."
         ),
     ] = "brightness,contrast,edges,center",
-    tau: Tau = SOLVER.tau,
-    steps: Steps = SOLVER.steps,
-    samples: Samples = SOLVER.samples,
-    grid: Grid = SOLVER.grid,
-    seed: Seed = SOLVER.seed,
-    device: DeviceOpt = "auto",
+    tau: opt.Tau = opt.SOLVER.tau,
+    steps: opt.Steps = opt.SOLVER.steps,
+    samples: opt.Samples = opt.SOLVER.samples,
+    grid: opt.Grid = opt.SOLVER.grid,
+    seed: opt.Seed = opt.SOLVER.seed,
+    device: opt.DeviceOpt = "auto",
     overlays: Annotated[
         int,
         typer.Option(
@@ -88,11 +72,11 @@ def localize(
             help="Per-image overlay PNGs to draw (0: none).",
         ),
     ] = 24,
-    out: Out = Path("infodiscard-localize"),
-    max_memory: MaxMemory = None,
-    no_cache: NoCache = False,
-    ray: Ray = None,
-    new_subfolder: NewSubfolder = False,
+    out: opt.Out = Path("infodiscard-localize"),
+    max_memory: opt.MaxMemory = None,
+    no_cache: opt.NoCache = False,
+    ray: opt.Ray = None,
+    new_subfolder: opt.NewSubfolder = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print {methods, n_images, protocol, verdict} as JSON.")
     ] = False,
@@ -103,8 +87,8 @@ def localize(
     Writes localization.json, methods.csv, images.csv, maps.npz, localization.png and overlays/.
     Exit code 0 also when a control scores as well as the methods: the verdict says so.
     """
-    settings = solver_settings(tau=tau, steps=steps, samples=samples, grid=grid, seed=seed, max_memory=max_memory)
-    cache = row_cache(no_cache)
+    settings = opt.solver_settings(tau=tau, steps=steps, samples=samples, grid=grid, seed=seed, max_memory=max_memory)
+    cache = opt.row_cache(no_cache)
     inputs = [model, *(images or []), boxes, cache and cache.root]
     out = check_output_folder(out, [p for p in inputs if p is not None], new_subfolder=new_subfolder)
     with stage_progress(as_json) as progress:
@@ -116,7 +100,7 @@ def localize(
             validate.names(methods),
             validate.names(controls),
             settings=settings,
-            device=choice(device),
+            device=opt.choice(device),
             cache=cache,
             ray=ray,
             progress=progress,

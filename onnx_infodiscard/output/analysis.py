@@ -18,24 +18,9 @@ if TYPE_CHECKING:
     from ..results import Report
 
 MARKER = "report.json"
-CSV_COLUMNS = (
-    "image",
-    "layer",
-    "layer_index",
-    "depth",
-    "cid",
-    "cid_total",
-    "delta_cid",
-    "concentration",
-    "saturated_fraction",
-    "converged",
-    "d_over_tau",
-    "d_over_tau_se",
-    "eval_samples",
-    "steps",
-    "extra_steps",
-    "reliability",
-    "seconds",
+CSV_COLUMNS = tuple(
+    "image layer layer_index depth cid cid_total delta_cid concentration saturated_fraction converged "
+    "d_over_tau d_over_tau_se eval_samples steps extra_steps reliability seconds".split()
 )
 RU_COLUMNS = ("ru", "ru_converged", "ru_d_over_tau", "decoder_psnr")
 

@@ -15,19 +15,7 @@ if TYPE_CHECKING:
     from ..compare import Comparison
 
 MARKER = "comparison.json"
-COLUMNS = (
-    "model",
-    "layer",
-    "index",
-    "op_type",
-    "depth",
-    "cid",
-    "delta_cid",
-    "concentration",
-    "converged",
-    "n_converged",
-    "n_images",
-)
+COLUMNS = tuple("model layer index op_type depth cid delta_cid concentration converged n_converged n_images".split())
 FILES = ("comparison.json", "comparison.csv", "comparison.png", "comparison.html")
 
 

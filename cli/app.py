@@ -49,7 +49,8 @@ def main(
     """Measure how much of an input image's information each layer of an ONNX model discards.
 
     Exit codes: 0 ok, 1 an audit rule (--fail-if) held, 2 bad usage or input, 3 conversion or
-    cross-check failure, 4 some image and layer did not converge, 70 internal error, 130 interrupted.
+    cross-check failure, 4 some image and layer did not converge, 70 internal error, 130 interrupted,
+    141 broken pipe, 143 terminated.
     """
     if ctx.obj is not None:
         ctx.obj.debug = ctx.obj.debug or debug

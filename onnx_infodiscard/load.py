@@ -83,7 +83,7 @@ def _sort_nodes(path: Path, graph: onnx.GraphProto) -> None:
     """Put nodes in topological order (some tools write them out of order, which the checker
     refuses although nothing is wrong); a cycle is an error that names nodes on it."""
     producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
-    needs = [{producer[name] for name in _node_inputs(node) if name in producer} for node in graph.node]
+    needs = [{producer[name] for name in node_inputs(node) if name in producer} for node in graph.node]
     if any(j >= i for i, deps in enumerate(needs) for j in deps):
         order = _topological_order(needs)
         if order is None:
@@ -98,13 +98,13 @@ def _sort_nodes(path: Path, graph: onnx.GraphProto) -> None:
         graph.node.extend(copies)
 
 
-def _node_inputs(node: onnx.NodeProto) -> list[str]:
+def node_inputs(node: onnx.NodeProto) -> list[str]:
     """Inputs of a node, including outer-scope names that its subgraphs (If, Loop) read."""
     names = list(node.input)
     for attr in node.attribute:
         for subgraph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
             for inner in subgraph.node:
-                names.extend(_node_inputs(inner))
+                names.extend(node_inputs(inner))
     return names
 
 

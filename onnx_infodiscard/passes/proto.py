@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..load import default_opset  # noqa: F401  (re-exported: every pass needs it)
+from ..load import default_opset, node_inputs  # noqa: F401  (re-exported: every pass needs them)
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 #: The symbolic batch dim every normalised graph has.
@@ -59,16 +59,6 @@ def use_counts(graph: onnx.GraphProto) -> dict[str, int]:
 
 def is_used(graph: onnx.GraphProto, name: str) -> bool:
     return any(name in node.input for node in graph.node) or any(v.name == name for v in graph.output)
-
-
-def node_inputs(node: onnx.NodeProto) -> list[str]:
-    """Inputs of a node, including outer-scope names that its subgraphs (If, Loop) read."""
-    names = list(node.input)
-    for attr in node.attribute:
-        for subgraph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            for inner in subgraph.node:
-                names.extend(node_inputs(inner))
-    return names
 
 
 def resolve_chains(renames: dict[str, str]) -> dict[str, str]:

@@ -123,7 +123,9 @@ def list_layers(model: NormalisedModel) -> list[Layer]:
             node_name=node.name,
             shape=shapes.get(name),
             depth=level[name] / deepest,
-            activation=name in activations,
+            # an activation reading the input itself (a quantised graph's input saturation) is the
+            # input up to clipping, not a map the network computed
+            activation=name in activations and level[name] > 1,
             layout=layout.get(name, L.UNKNOWN),
         )
         for i, (node, name) in enumerate(produced)

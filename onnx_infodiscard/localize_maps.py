@@ -57,12 +57,17 @@ def cid_maps(
     ray: str | None,
     progress: Progress | None,
 ) -> tuple[dict[str, AttributionMap], list[str]]:
-    """CID's sensitivity maps, one analysis per σ lattice; notes on the images that missed the budget."""
+    """CID's sensitivity maps, one analysis per σ lattice; notes on the rows the cache held and on the
+    images that missed the budget."""
     maps, notes = {}, []
     for grid in grids:
         report = analyze(
             session, layers=layers, settings=replace(settings, grid=grid), cache=cache, ray=ray, progress=progress
         )
+        if report.cached_rows:
+            notes.append(
+                f"{grid_name('cid', grid, True)}: {report.cached_rows} of {len(report.results)} rows from the row cache"
+            )
         for layer in layers:
             results = [r for r in report.results if r.layer == layer]
             name = grid_name(map_name("cid", layer, len(layers) > 1), grid, len(grids) > 1)

@@ -115,6 +115,7 @@ def test_an_interrupted_localize_resumes_and_equals_an_uninterrupted_one(tmp_pat
         localize(**quick, cache=RowCache(tmp_path), progress=interrupt)
     assert len(list(tmp_path.rglob("*.npz"))) == 2
     resumed = localize(**quick, cache=RowCache(tmp_path))
+    assert "cid@pixel: 2 of 4 rows from the row cache" in resumed.notes  # and says so
     assert resumed.maps.keys() == whole.maps.keys()
     for name in whole.maps:
         np.testing.assert_allclose(resumed.maps[name], whole.maps[name], rtol=1e-5, atol=1e-6)

@@ -80,7 +80,9 @@ def one(args: argparse.Namespace) -> dict:
         export(args.one, model)
         export_s = time.perf_counter() - start
         notes = selection(list_layers(open_model(model)[1]), ["auto"]).notes
-        settings = SolverSettings(steps=args.steps, samples=args.samples, max_eval_samples=args.max_eval_samples)
+        settings = SolverSettings(
+            steps=args.steps, samples=args.samples, max_eval_samples=args.max_eval_samples, extra_steps=args.extra_steps
+        )
         start = time.perf_counter()
         report = analyze(
             model,
@@ -110,7 +112,8 @@ def one(args: argparse.Namespace) -> dict:
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"`python benchmarks/bench_224.py --steps {args.steps} --samples {args.samples} --threads {args.threads} "
-        f"--max-eval-samples {args.max_eval_samples}` (one 224×224 image, `--layer auto`, CPU)",
+        f"--max-eval-samples {args.max_eval_samples} --extra-steps {args.extra_steps}` "
+        "(one 224×224 image, `--layer auto`, CPU)",
         "",
         "| network | layers (auto) | analyze s | peak RSS MB | rows converged | export s |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
@@ -134,6 +137,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="optimisation steps (default 10; default run 100)")
     parser.add_argument("--samples", type=int, default=4, help="noise samples per step (default 4; default run 16)")
     parser.add_argument("--max-eval-samples", type=int, default=256, help="cap of the final D/τ estimate's samples")
+    parser.add_argument("--extra-steps", type=int, default=0, help="steps beyond --steps for an off-budget row")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (torch.set_num_threads)")
     parser.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=NETWORKS)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one network in this process
@@ -156,6 +160,8 @@ def main() -> None:
             str(args.threads),
             "--max-eval-samples",
             str(args.max_eval_samples),
+            "--extra-steps",
+            str(args.extra_steps),
         ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:

@@ -20,6 +20,13 @@ IMAGE = sorted((DEFAULT_MODEL.parent / "images").glob("*.png"))[0]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT back to its default in the child: a test runner started in the background (`&` in a
+    script, xdist workers) ignores it, the child would inherit that, and Python then never raises
+    KeyboardInterrupt; a user's terminal does not ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_library(pid: int, name: str, timeout: float = 120) -> None:
     """Until the process has mapped a shared library whose path contains `name` (it is importing it)."""
     maps = Path(f"/proc/{pid}/maps")
@@ -45,6 +52,7 @@ def test_a_signal_while_importing(tmp_path, signum, code, line):
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
+        preexec_fn=_as_in_a_terminal,
     )
     _wait_for_library(process.pid, "numpy")  # the first compiled dependency the app imports; torch follows
     process.send_signal(signum)
@@ -58,7 +66,12 @@ def test_ctrl_c_while_solving_leaves_no_report_and_a_rerun_works(tmp_path):
     out = tmp_path / "r"
     args = [*CLI, "--debug", "analyze", str(DEFAULT_MODEL), str(IMAGE), "-l", "-1", "--samples", "4", "--out", str(out)]
     process = subprocess.Popen(
-        [*args, "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+        [*args, "--steps", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        preexec_fn=_as_in_a_terminal,
     )
     lines = []
     for line in process.stderr:  # --debug prints a line when each stage starts

@@ -17,7 +17,11 @@ from onnx_infodiscard.embedded import DEFAULT_MODEL
 
 CLI = [sys.executable, "-m", "onnx_infodiscard_cli.main"]
 IMAGE = sorted((DEFAULT_MODEL.parent / "images").glob("*.png"))[0]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _env() -> dict[str, str]:
+    """Read when a test runs, so the per-test row cache of conftest.py applies (never the user's)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _as_in_a_terminal() -> None:
@@ -51,7 +55,7 @@ def test_a_signal_while_importing(tmp_path, signum, code, line):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
+        env=_env(),
         preexec_fn=_as_in_a_terminal,
     )
     _wait_for_library(process.pid, "numpy")  # the first compiled dependency the app imports; torch follows
@@ -70,7 +74,7 @@ def test_ctrl_c_while_solving_leaves_no_report_and_a_rerun_works(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
+        env=_env(),
         preexec_fn=_as_in_a_terminal,
     )
     lines = []
@@ -89,6 +93,6 @@ def test_ctrl_c_while_solving_leaves_no_report_and_a_rerun_works(tmp_path):
     assert stderr.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in stderr, stderr
     assert not (out / "report.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name != "r"], list(tmp_path.iterdir())  # no half-written folder
-    rerun = subprocess.run([*args, "--steps", "5", "--json"], capture_output=True, text=True, env=ENV, timeout=600)
+    rerun = subprocess.run([*args, "--steps", "5", "--json"], capture_output=True, text=True, env=_env(), timeout=600)
     assert rerun.returncode in (0, 4), rerun.stderr
     assert json.loads((out / "report.json").read_text())["results"]

@@ -84,6 +84,9 @@ def _valid(option: str, text: str) -> bool:
             return FLOAT_OPTIONS[option](float(text))
         except ValueError:
             return False
+    head, dot, fraction = text.strip().partition(".")
+    if dot and fraction and set(fraction) == {"0"}:
+        text = head  # Typer reads an integer written with a zero fraction ("10.0") as that integer
     try:
         value = int(text)
     except ValueError:

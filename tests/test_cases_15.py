@@ -1,7 +1,7 @@
 """Issue #15, case by case, through the real CLI (`main.run`, in process; a subprocess only where the
 case is about the process: a broken pipe). Each refusal is exit 2 (or 3 for conversion) with exactly
 one `error:` line naming the problem, no traceback, and nothing written: no output folder, no scratch,
-no parent folders, the user's files untouched. NOTES-robust.md maps every case of the issue to the
+no parent folders, the user's files untouched. The closing note of issue #15 maps every case to the
 test that covers it (here or elsewhere). Fast paths only: the few runs that reach the solver take one
 image, one step, two samples."""
 
@@ -15,7 +15,6 @@ import subprocess
 import sys
 import zlib
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx_graphs import save, small_cnn
+from test_cli import Result
+from test_cli import cli as run_cli
 
 from onnx_infodiscard.embedded import DEFAULT_MODEL
 from onnx_infodiscard_cli import main
@@ -32,22 +33,8 @@ IMAGE = IMAGES[0]
 TINY = ["--steps", "1", "--samples", "2", "-l", "-1"]
 
 
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
-
-
 def cli(*args: str | Path) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main.run([str(a) for a in args])
-    return Result(code, out.getvalue(), err.getvalue())
+    return run_cli(*(str(a) for a in args))
 
 
 def assert_refused(result: Result, code: int, *words: str) -> str:

@@ -212,15 +212,19 @@ def test_small_study_end_to_end(tmp_path, monkeypatch):
     body = body.replace("hypotheses", 'layers = ["/relu2/Relu_output_0", "/relu6/Relu_output_0"]\nhypotheses')
     study = read_study(write_study_toml(tmp_path, body))
     settings = SolverSettings(steps=3, eval_samples=16, max_eval_samples=16)
-    result = run_study(
-        study,
-        settings=settings,
-        max_images=2,
-        device="cpu",
-        rng=np.random.default_rng(0),
-        converged_only=False,
-        cache=RowCache(tmp_path / "cache"),
-    )
+
+    def run():  # twice: the second run must come from the cache
+        return run_study(
+            study,
+            settings=settings,
+            max_images=2,
+            device="cpu",
+            rng=np.random.default_rng(0),
+            converged_only=False,
+            cache=RowCache(tmp_path / "cache"),
+        )
+
+    result = run()
     (r,) = result.results
     assert r.effect == pytest.approx(0.0, abs=1e-6)  # the same network twice, same images: the same rows
     assert set(result.accuracy) == {"cluttered_digits", "again"}
@@ -234,15 +238,7 @@ def test_small_study_end_to_end(tmp_path, monkeypatch):
     import onnx_infodiscard.execute as execute
 
     monkeypatch.setattr(execute, "solve_groups", lambda *a, **k: pytest.fail("a cached row was solved again"))
-    again = run_study(
-        study,
-        settings=settings,
-        max_images=2,
-        device="cpu",
-        rng=np.random.default_rng(0),
-        converged_only=False,
-        cache=RowCache(tmp_path / "cache"),
-    )
+    again = run()
     assert again.results[0].effect == pytest.approx(r.effect) and again.accuracy == result.accuracy
     assert sorted((tmp_path / "cache").rglob("*.npz")) == entries
 

@@ -54,12 +54,8 @@ def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     candidates = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                candidates.append(int(line.split()[1]) * 1024)
-    except OSError:
-        pass
+    if (available := _proc_bytes("/proc/meminfo", "MemAvailable")) is not None:
+        candidates.append(available)
     cgroups = (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"))
     for limit, usage in cgroups:
         try:
@@ -69,6 +65,17 @@ def available_memory(device: torch.device) -> int:
         except (OSError, ValueError):
             pass
     return max(min(candidates), 1 << 26) if candidates else 8 << 30
+
+
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The `KEY:  N kB` line of a Linux /proc file, in bytes; None where there is none."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def usable_cores() -> int:
@@ -92,12 +99,8 @@ def peak_memory(device: torch.device) -> int:
     """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    if (high_water := _proc_bytes("/proc/self/status", "VmHWM")) is not None:
+        return high_water
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 

@@ -6,6 +6,7 @@ Every piece of user text (a path, a layer or tensor name, a note that quotes one
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -13,7 +14,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-stdout = Console(highlight=False)
+
+
+class _Stdout(Console):
+    """Results' console. Rich's default on a broken pipe goes quiet for good, keeps the unwritten
+    buffer and exits 1; here the buffer is dropped and the error raised, so that `main.run` exits 141
+    and the next run in the same process (a test, a notebook) prints normally."""
+
+    def on_broken_pipe(self) -> None:
+        del self._buffer[:]
+        raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away")
+
+
+stdout = _Stdout(highlight=False)
 stderr = Console(stderr=True, soft_wrap=True, highlight=False)
 
 

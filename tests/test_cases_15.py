@@ -430,3 +430,4 @@ def test_a_broken_pipe_under_a_rich_table_exits_141_quietly():
         except BrokenPipeError:  # what is left in its buffer has nowhere to go
             pass
     assert code == 141 and err.getvalue() == ""
+    assert cli("--version").stdout.startswith("infodiscard "), "the next run in this process prints again"

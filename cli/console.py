@@ -15,7 +15,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
-
 class _Stdout(Console):
     """Results' console. Rich's default on a broken pipe goes quiet for good, keeps the unwritten
     buffer and exits 1; here the buffer is dropped and the error raised, so that `main.run` exits 141

@@ -53,6 +53,32 @@ def test_ray_run_equals_the_local_run(session, local, cluster):
     same_results(analyze(session, settings=QUICK, ray="auto"), local)
 
 
+def test_a_study_on_ray_answers_as_the_local_run(tmp_path, cluster):
+    """`compare --groups ... --ray auto`: every model's rows on the cluster, the same answer."""
+    from onnx_infodiscard.study import read_study, run_study
+
+    shipped = {name: MODELS / name / f"{name}.onnx" for name in ("digits_cnn", "torchscript_digits")}
+    path = tmp_path / "STUDY.toml"
+    path.write_text(
+        f"images = {[str(p) for p in IMAGES[:2]]}\n"
+        'hypotheses = ["cid[1.0] plain > scripted"]\n'
+        f'[groups.plain]\nmodels = ["{shipped["digits_cnn"]}"]\n'
+        f'[groups.scripted]\nmodels = ["{shipped["torchscript_digits"]}"]\n'
+    )
+    study = read_study(path)
+
+    def run(ray=None):
+        return run_study(
+            study, settings=QUICK, device="cpu", rng=np.random.default_rng(0), converged_only=False, ray=ray
+        )
+
+    local_answer, ray_answer = run().results[0], run("auto").results[0]
+    assert (ray_answer.effect, ray_answer.low, ray_answer.high) == pytest.approx(
+        (local_answer.effect, local_answer.low, local_answer.high), abs=1e-6
+    )
+    assert ray_answer.verdict == local_answer.verdict
+
+
 def test_a_worker_killed_mid_run_is_survived(session, local, cluster):
     killed = []
 

@@ -319,3 +319,16 @@ models = ["{zoo / "deep_s0.onnx"}", "{zoo / "deep_s1.onnx"}"]
     )
     assert bad.returncode == 2 and bad.stderr.count("error:") == 1 and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_options_the_other_mode_would_ignore_are_refused(tmp_path):
+    """A study names its own models and images; --max-images means nothing without one."""
+    from test_cli import cli
+
+    study = write_study_toml(tmp_path, GOOD)
+    out = tmp_path / "out"
+    mixed = cli("compare", "--groups", str(study), "--images", str(IMAGES), "--out", str(out))
+    assert mixed.code == 2 and len(mixed.lines) == 1 and "drop --images" in mixed.stderr and study.name in mixed.stderr
+    alone = cli("compare", str(MODEL), str(MODEL), "--max-images", "3", "--out", str(out))
+    assert alone.code == 2 and len(alone.lines) == 1 and "--max-images needs --groups" in alone.stderr
+    assert not out.exists()

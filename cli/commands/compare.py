@@ -93,8 +93,23 @@ def compare(
     """
     settings = opt.solver_settings(tau=tau, steps=steps, samples=samples, seed=seed, grid=grid, max_memory=max_memory)
     cache = opt.row_cache(no_cache)
+    _check_mode(
+        groups,
+        {
+            "MODELS": models,
+            "--images": images,
+            "--layers": layers,
+            "--labels": labels,
+            "--fg": fg,
+            "--fg-mask": fg_mask,
+            "--fg-boxes": fg_boxes,
+        },
+        max_images,
+    )
     if groups is not None:
-        return _study(groups, settings, max_images, opt.choice(device), fail_if, cache, out, new_subfolder, as_json)
+        return _study(
+            groups, settings, max_images, opt.choice(device), fail_if, cache, ray, out, new_subfolder, as_json
+        )
     rules = parse_rules(fail_if)
     inputs = [*(models or []), *(images or []), fg_mask, fg_boxes, cache and cache.root]
     out = check_output_folder(out, [p for p in inputs if p is not None], new_subfolder=new_subfolder)
@@ -127,7 +142,25 @@ def compare(
     raise_verdict(comparison.outcomes, unconverged, "comparison")
 
 
-def _study(path: Path, settings, max_images, device, fail_if, cache, out, new_subfolder, as_json) -> None:
+def _check_mode(groups: Path | None, study_owned: dict, max_images: int | None) -> None:
+    """A study names its own models, images, layers, labels and foreground; an option that would be
+    silently ignored in one mode is refused instead."""
+    from onnx_infodiscard.errors import InputError
+
+    if groups is None:
+        if max_images is not None:
+            raise InputError("--max-images needs --groups (a study); pass fewer --images instead", option="max_images")
+        return
+    given = [name for name, value in study_owned.items() if value]
+    if given:
+        raise InputError(
+            f"with --groups the study names its own models, images, layers, labels and foreground: drop "
+            f"{', '.join(given)} or put it in {groups.name}",
+            option="groups",
+        )
+
+
+def _study(path: Path, settings, max_images, device, fail_if, cache, ray, out, new_subfolder, as_json) -> None:
     """`compare --groups`: the study's hypotheses answered; `--fail-if` names verdicts that fail the run."""
     from onnx_infodiscard.errors import AuditFailed, InputError
     from onnx_infodiscard.study import read_study, run_study, write_study
@@ -147,7 +180,7 @@ def _study(path: Path, settings, max_images, device, fail_if, cache, out, new_su
     )
     with stage_progress(as_json) as progress:
         result = run_study(
-            study, settings=settings, max_images=max_images, device=device, cache=cache, progress=progress
+            study, settings=settings, max_images=max_images, device=device, cache=cache, ray=ray, progress=progress
         )
     folder = write_study(result, out, new_subfolder=new_subfolder)
     if as_json:

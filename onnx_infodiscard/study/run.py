@@ -88,6 +88,7 @@ def run_study(
     rng: np.random.Generator | None = None,
     converged_only: bool = True,
     cache: RowCache | None = None,
+    ray: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> StudyResult:
     """Analyse each model (its card, the entry's overrides, the study's τ/steps) on the study's
@@ -96,7 +97,8 @@ def run_study(
     answer every hypothesis with a bootstrap over images and models (`rng`, default seeded by the
     study's `seed`). Rows that did not converge count as missing unless `converged_only` is False.
     With `cache` (the row cache), a re-run only solves the rows that changed, and several
-    processes can share the work."""
+    processes can share the work; `ray` ("auto" or an address) solves each model's rows on a Ray
+    cluster, as `analyze` does."""
     from ..perturb import SolverSettings
 
     start = time.perf_counter()
@@ -118,6 +120,7 @@ def run_study(
             labels,
             device=device,
             cache=cache,
+            ray=ray,
             accuracy_images=list(study.images) if labels is not None else None,
             progress=advance,
         )
@@ -154,6 +157,7 @@ def analyse_entry(
     accuracy_images: Sequence[Path] | None = None,
     device: str = "auto",
     cache: RowCache | None = None,
+    ray: str | None = None,
     progress=None,
 ) -> ModelMetrics:
     """One model's metrics at `layers` on `images` (every row kept, with its converged flag) and its
@@ -174,6 +178,7 @@ def analyse_entry(
         input_name=entry.input_name,
         ru=study.ru,
         cache=cache,
+        ray=ray,
         progress=progress,
     )
     correct = None

@@ -30,6 +30,7 @@ import importlib.util
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,34 @@ def to_input(imgs: np.ndarray) -> torch.Tensor:
     return (torch.from_numpy(imgs.astype(np.float32))[:, None] - MEAN) / STD
 
 
+def curriculum(epoch: int, epochs: int) -> tuple[float, float]:
+    """The difficulty range of `epoch`'s fresh images: the top ramps linearly to 1 over the first
+    CURRICULUM of the epochs, each image uniform in [top - SPREAD, top]; full difficulty after that.
+    (Any difficulty < 1 lets the digit be the only pure black or white thing, a shortcut that fails
+    on the benchmark, so the ramp is kept short.)"""
+    top = min(1.0, (epoch + 1) / max(1, round(CURRICULUM * epochs)))
+    return (max(0.0, top - SPREAD) if top < 1.0 else 1.0), top
+
+
+def training_stream(
+    digits_u8: np.ndarray, labels: np.ndarray, src: Source, seed: int, epochs: int, per_epoch: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[float, float]]]:
+    """Each epoch's training set (model input, labels, difficulty range): the first epoch's
+    per_epoch images are all fresh, then each epoch generates per_epoch / REUSE fresh images (of
+    randomly drawn training digits, at `curriculum`'s difficulty) and keeps the latest per_epoch."""
+    pick_rng = np.random.RandomState(seed)
+    fresh = per_epoch // REUSE
+    x = y = None
+    for epoch in range(epochs):
+        low, top = curriculum(epoch, epochs)
+        idx = pick_rng.choice(len(digits_u8), per_epoch if epoch == 0 else fresh, replace=False)
+        imgs, _ = make_set(digits_u8[idx], src, DATA_SEED + 1 + epoch, (low, top))
+        new_x, new_y = to_input(imgs), torch.from_numpy(labels[idx])
+        x = new_x if x is None else torch.cat([x, new_x])[-per_epoch:]
+        y = new_y if y is None else torch.cat([y, new_y])[-per_epoch:]
+        yield x, y, (low, top)
+
+
 def train(
     digits_u8: np.ndarray,
     labels: np.ndarray,
@@ -129,34 +158,14 @@ def train(
     x_val=None,
     y_val=None,
 ) -> nn.Module:
-    """Every epoch generates per_epoch / REUSE fresh images (of randomly drawn training digits) and
-    trains on them together with the previous epochs' fresh images, per_epoch images in all.
-
-    Curriculum: the top difficulty ramps to 1 over the first CURRICULUM of the epochs, each image's
-    difficulty uniform in [top - SPREAD, top]; after that every image is at full difficulty. (Any
-    difficulty < 1 lets the digit be the only pure black or white thing, a shortcut that fails on
-    the benchmark, so the ramp is kept short.)
-    """
+    """ClutteredCNN on `training_stream`'s epochs, AdamW with a one-cycle learning rate."""
     model = ClutteredCNN().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     steps = (per_epoch + BATCH - 1) // BATCH
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=epochs * steps)
     gen = torch.Generator().manual_seed(seed)
-    pick_rng = np.random.RandomState(seed)
-    fresh = per_epoch // REUSE
-    xs: list[torch.Tensor] = []
-    ys: list[torch.Tensor] = []
-    for epoch in range(epochs):
-        t0 = time.time()
-        top = min(1.0, (epoch + 1) / max(1, round(CURRICULUM * epochs)))
-        low = max(0.0, top - SPREAD) if top < 1.0 else 1.0
-        n_new = per_epoch if epoch == 0 else fresh
-        idx = pick_rng.choice(len(digits_u8), n_new, replace=False)
-        imgs, _ = make_set(digits_u8[idx], src, DATA_SEED + 1 + epoch, (low, top))
-        xs.append(to_input(imgs))
-        ys.append(torch.from_numpy(labels[idx]))
-        x, y = torch.cat(xs)[-per_epoch:], torch.cat(ys)[-per_epoch:]
-        xs, ys = [x], [y]
+    t0 = time.time()
+    for epoch, (x, y, (low, top)) in enumerate(training_stream(digits_u8, labels, src, seed, epochs, per_epoch)):
         t_gen = time.time() - t0
         model.train()
         perm = torch.randperm(per_epoch, generator=gen)
@@ -178,6 +187,7 @@ def train(
         if x_val is not None:
             msg += f" val {evaluate(model, x_val, y_val):.3f}"
         print(msg, flush=True)
+        t0 = time.time()
     return model.eval().to(memory_format=torch.contiguous_format)
 
 

@@ -1,12 +1,13 @@
 """Deterministic build of the model-zoo study (issue #17): small CNNs trained on cluttered digits.
 
-Run from the repository root (about 40 minutes on a shared, busy CPU thread; see README.md):
+Run from the repository root (one CPU thread; the time is in README.md):
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python models/studies/build.py
 
-Trains, for each of SEEDS, on the cluttered-digits data of ``models/cluttered_digits/build.py``
-(imported, not copied: the same digits split, photos, distractors, normalisation), at a difficulty
-drawn uniformly in TRAIN_DIFFICULTY (its curriculum knob; the held-out set is at full difficulty):
+Trains, for each of SEEDS, on the cluttered-digits training stream of
+``models/cluttered_digits/build.py`` (imported, not copied: the same digits split, photos,
+distractors, normalisation, curriculum and image reuse; generated once, every model sees the same
+EPOCHS x PER_EPOCH images in its own seeded order):
 
 - ``shallow``: 2 conv stages; ``deep``: 6 conv stages (plain CNNs, same widths where they overlap);
 - ``teacher``: a wider 6-stage CNN;
@@ -15,8 +16,8 @@ drawn uniformly in TRAIN_DIFFICULTY (its curriculum knob; the held-out set is at
   loss = KD_ALPHA * T^2 * KL(teacher_T || student_T) + (1 - KD_ALPHA) * cross-entropy);
 - ``pruned_50`` / ``pruned_80``: the teacher, global L1 magnitude pruning (``torch.nn.utils.prune``)
   of all conv and linear weights at that sparsity, fine-tuned FINETUNE_EPOCHS with the mask fixed;
-- ``checkpoints``: the seed-0 deep model after each of its first EPOCHS - 1 epochs (``ckpt_eK``;
-  the last epoch is ``deep_s0`` itself), so accuracy varies within one architecture.
+- ``checkpoints``: the seed-0 deep model after each epoch of CHECKPOINTS (``ckpt_eK``; after the
+  last epoch it is ``deep_s0`` itself), so accuracy varies within one architecture.
 
 Every model is exported with the TorchScript exporter (opset 17) to ``zoo/NAME.onnx`` with a card
 ``zoo/NAME.onnx.json`` (the cluttered_digits card format, held-out accuracy on the 1000 held-out
@@ -41,19 +42,17 @@ from torch.nn.utils import prune
 HERE = Path(__file__).resolve().parent
 ZOO = HERE / "zoo"
 SEEDS = (0, 1, 2)
-N_TRAIN = 2000  # fixed training images, generated once, each at a difficulty uniform in TRAIN_DIFFICULTY
-N_WARMUP = 1000  # easier images (WARMUP_DIFFICULTY) for the first epoch only
-TRAIN_DIFFICULTY = (0.3, 1.0)  # cluttered_digits' curriculum knob: < 1 pulls background and distractors to grey
-WARMUP_DIFFICULTY = (0.2, 0.6)
-EPOCHS = 5
-FINETUNE_EPOCHS = 1
+EPOCHS = 30
+PER_EPOCH = 4000  # training images per epoch (cluttered_digits' stream: a third of them fresh each epoch)
+CHECKPOINTS = (1, 2, 4, 8, 16)  # epochs after which the seed-0 deep model is also exported
+FINETUNE_EPOCHS = 3  # on the stream's last epochs (full difficulty)
 BATCH = 32
-LR = 3e-3
+LR = 3e-3  # one-cycle peak, as cluttered_digits
 FINETUNE_LR = 1e-3
 KD_T = 4.0
 KD_ALPHA = 0.7
 SPARSITIES = (0.5, 0.8)
-TRAIN_SEED = 777  # training images; warm-up images use TRAIN_SEED + 1
+TRAIN_SEED = 777  # which training digits the stream draws
 OPSET = 17
 
 # (out channels, kernel, stride) per stage; two stride-2 stages first (64x64 -> 16x16) so that the
@@ -107,9 +106,16 @@ def batches(n: int, gen: torch.Generator):
 
 
 def run_epoch(
-    model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, teacher: nn.Module | None = None
+    model: nn.Module,
+    opt,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gen: torch.Generator,
+    teacher: nn.Module | None = None,
+    sched=None,
 ) -> float:
-    """One epoch; with a teacher, the distillation loss. Returns the mean training loss."""
+    """One epoch (the scheduler, if any, steps every batch); with a teacher, the distillation loss.
+    Returns the mean training loss."""
     model.train()
     total = 0.0
     for sel in batches(len(x), gen):
@@ -123,25 +129,25 @@ def run_epoch(
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         total += loss.item() * len(sel)
     return total / len(x)
 
 
 def train(arch: str, seed: int, data: dict, teacher: nn.Module | None = None, on_epoch=None) -> nn.Module:
-    """EPOCHS epochs (the first on the warm-up images), AdamW with a cosine learning rate."""
+    """EPOCHS epochs of the training stream, AdamW with a one-cycle learning rate (as cluttered_digits)."""
     torch.manual_seed(seed)
     model = PlainCNN(ARCHS[arch])
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, EPOCHS)
-    for epoch in range(EPOCHS):
-        x, y = (data["x_warm"], data["y_warm"]) if epoch == 0 else (data["x_tr"], data["y_tr"])
-        loss = run_epoch(model, opt, x, y, gen, teacher)
-        sched.step()
-        acc = evaluate(model, data["x_te"], data["y_te"])
-        print(f"  {arch} seed {seed} epoch {epoch + 1}/{EPOCHS} loss {loss:.3f} held-out acc {acc:.3f}", flush=True)
+    steps = (PER_EPOCH + BATCH - 1) // BATCH
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=EPOCHS * steps)
+    for epoch, (x, y) in enumerate(data["stream"]):
+        loss = run_epoch(model, opt, x, y, gen, teacher, sched)
+        print(f"  {arch} seed {seed} epoch {epoch + 1}/{EPOCHS} loss {loss:.3f}", flush=True)
         if on_epoch is not None:
-            on_epoch(epoch + 1, model, acc)
+            on_epoch(epoch + 1, model)
     return model.eval()
 
 
@@ -153,8 +159,8 @@ def pruned(teacher: nn.Module, sparsity: float, seed: int, data: dict) -> nn.Mod
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
     gen = torch.Generator().manual_seed(seed + 1000)
     opt = torch.optim.AdamW(model.parameters(), lr=FINETUNE_LR, weight_decay=0.0)
-    for _ in range(FINETUNE_EPOCHS):
-        run_epoch(model, opt, data["x_tr"], data["y_tr"], gen)
+    for x, y in data["stream"][-FINETUNE_EPOCHS:]:
+        run_epoch(model, opt, x, y, gen)
     for m, name in params:
         prune.remove(m, name)
     zeros = sum(int((m.weight == 0).sum()) for m, _ in params) / sum(m.weight.numel() for m, _ in params)
@@ -205,10 +211,9 @@ def export(model: nn.Module, name: str, acc: float, data: dict, note: str) -> in
             (
                 "dataset",
                 (
-                    "cluttered digits (models/cluttered_digits/build.py generator): "
-                    f"{N_TRAIN} training images at difficulty {TRAIN_DIFFICULTY} (+{N_WARMUP} warm-up at "
-                    f"{WARMUP_DIFFICULTY}), test_accuracy on the 1000 held-out images "
-                    "(test digits on test photos, the cluttered_digits held-out set)"
+                    "cluttered digits (models/cluttered_digits/build.py training stream: "
+                    f"{EPOCHS} epochs x {PER_EPOCH} images, its curriculum and reuse), test_accuracy on "
+                    "the 1000 held-out images (test digits on test photos, the cluttered_digits held-out set)"
                 ),
             ),
             ("description", note),
@@ -221,6 +226,7 @@ def export(model: nn.Module, name: str, acc: float, data: dict, note: str) -> in
 
 
 def make_data() -> dict:
+    """The training stream (one (x, y) per epoch, generated once for every model) and the held-out set."""
     base = CB.digits_cnn_build()
     digits, y = base.load_data()
     train_idx, test_idx = base.split(y)
@@ -230,18 +236,11 @@ def make_data() -> dict:
     test_src = CB.Source(
         digits[test_idx], CB.load_photos(CB.TEST_PHOTOS), CB.curve_bank(CB.N_CURVES, CB.CURVE_SEED + 1)
     )
-    rng = np.random.RandomState(TRAIN_SEED)
-    pick = rng.choice(len(train_idx), N_TRAIN, replace=True)
-    warm = rng.choice(len(train_idx), N_WARMUP, replace=False)
-    x_tr, _ = CB.make_set(digits[train_idx][pick], train_src, TRAIN_SEED, TRAIN_DIFFICULTY)
-    x_warm, _ = CB.make_set(digits[train_idx][warm], train_src, TRAIN_SEED + 1, WARMUP_DIFFICULTY)
+    stream = CB.training_stream(digits[train_idx], y[train_idx], train_src, TRAIN_SEED, EPOCHS, PER_EPOCH)
     x_te, _ = CB.make_set(digits[test_idx], test_src, CB.DATA_SEED)
     x_te = CB.quantize(x_te).astype(np.float32) / 255.0  # as shipped (8-bit), like cluttered_digits
     return {
-        "x_tr": CB.to_input(x_tr),
-        "y_tr": torch.from_numpy(y[train_idx][pick]),
-        "x_warm": CB.to_input(x_warm),
-        "y_warm": torch.from_numpy(y[train_idx][warm]),
+        "stream": [(x, labels) for x, labels, _ in stream],
         "x_te": CB.to_input(x_te),
         "y_te": torch.from_numpy(y[test_idx]),
     }
@@ -258,9 +257,9 @@ def build_seed(seed: int, data: dict) -> list[int]:
     sizes = []
     for arch in ("shallow", "deep"):
 
-        def keep(epoch, model, acc, arch=arch):
-            if arch == "deep" and seed == SEEDS[0] and epoch < EPOCHS:
-                sizes.append(export(model, f"ckpt_e{epoch}", acc, data, f"deep seed {seed} after epoch {epoch}"))
+        def keep(epoch, model, arch=arch):
+            if arch == "deep" and seed == SEEDS[0] and epoch in CHECKPOINTS:
+                sizes.append(save(model, f"ckpt_e{epoch}", data, f"deep seed {seed} after epoch {epoch}"))
 
         model = train(arch, seed, data, on_epoch=keep)
         sizes.append(save(model, f"{arch}_s{seed}", data, f"{arch} plain CNN, seed {seed}"))

@@ -5,12 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import metrics
 from .embedded import card_images
 from .execute import solve_all
+
+if TYPE_CHECKING:
+    from .scale import RayPool
 from .foreground import Foreground
 from .images import find_images, load_images
 from .perturb import RECONSTRUCTION_FLOOR, SolverSettings, peak_memory, solve
@@ -52,7 +56,7 @@ def analyze(
     decoder_config: DecoderConfig = DecoderConfig(),
     retrain: bool = False,
     cache: RowCache | None = None,
-    ray: str | None = None,
+    ray: str | RayPool | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Measure each chosen layer's information discarding on each image.
@@ -62,7 +66,8 @@ def analyze(
     (the shipped digits CNN); with no images, the images its card names; with no layers, the card's
     `suggested_layers`, else `auto`. With `ru`, also reconstruction uncertainty, decoders trained on
     `train_images` (default: the card's) and cached. `cache` reuses and stores solved rows; `ray`
-    (`auto` or an address) solves them on a Ray cluster. `progress(stage, advance, total)`.
+    (`auto` or an address) solves them on a Ray cluster; a `scale.RayPool` keeps its workers
+    across several calls. `progress(stage, advance, total)`.
     """
     start = time.perf_counter()
     settings.validate()

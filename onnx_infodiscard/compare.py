@@ -19,6 +19,7 @@ from .accuracy import accuracy, read_labels
 from .analysis import analyze
 from .audit import Rule, RuleOutcome, evaluate
 from .errors import InputError
+from .execute import ray_pool
 from .foreground import Foreground
 from .images import find_images
 from .output import SCHEMA_VERSION, check_output_folder  # noqa: F401  (check_output_folder: re-exported)
@@ -146,11 +147,12 @@ def compare(
         if raw_labels is not None
         else {}
     )  # before the long part, so missing labels fail at once
-    run = partial(analyze, settings=settings, foreground=foreground, device=device, cache=cache, ray=ray)
     reports = []
-    for name, path in zip(names, paths):
-        advance = (lambda stage, a, t, name=name: progress(f"{name}: {stage}", a, t)) if progress else None
-        reports.append(run(path, list(images), list(layers) if layers else None, progress=advance))
+    with ray_pool(ray) as pool:  # with Ray, one set of workers for every model
+        run = partial(analyze, settings=settings, foreground=foreground, device=device, cache=cache, ray=pool)
+        for name, path in zip(names, paths):
+            advance = (lambda stage, a, t, name=name: progress(f"{name}: {stage}", a, t)) if progress else None
+            reports.append(run(path, list(images), list(layers) if layers else None, progress=advance))
     rows = tuple(row for name, report in zip(names, reports) for row in compared_layers(name, report))
     comparison = Comparison(tuple(names), tuple(reports), rows, accuracy=accuracies)
     outcomes = tuple(evaluate(rules, audit_table(comparison))) if rules else ()

@@ -6,14 +6,32 @@ solved at different times, in different processes and on different machines.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from .perturb import SolverSettings
 from .rowcache import RowCache
 from .rows import Row, SolvedRow, groups, solve_groups
 from .session import Session
 
+if TYPE_CHECKING:
+    from .scale import RayPool
+
 STAGE = "CID σ (images×layers×steps)"
+
+
+@contextmanager
+def ray_pool(ray: str | RayPool | None) -> Iterator[RayPool | None]:
+    """One `RayPool` for a job of several solves (its workers start once), or the caller's own
+    pool, or None without Ray (nothing of Ray imported)."""
+    if ray is None or not isinstance(ray, str):
+        yield ray
+        return
+    from .scale import RayPool
+
+    with RayPool(ray) as pool:
+        yield pool
 
 
 def solve_all(
@@ -22,13 +40,13 @@ def solve_all(
     settings: SolverSettings,
     *,
     cache: RowCache | None = None,
-    ray: str | None = None,
+    ray: str | RayPool | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[dict[Row, SolvedRow], int]:
     """Every row's solution and how many of them came from the cache.
 
     Each finished group is stored at once, so an interrupted run resumes where it stopped.
-    `ray`: None runs here; `auto` or a cluster address runs the groups as Ray tasks.
+    `ray`: None runs here; `auto`, a cluster address or a `RayPool` runs the groups as Ray tasks.
     """
     from . import __version__
 
@@ -53,9 +71,8 @@ def solve_all(
         report(STAGE, 0, total)
         tick = lambda advance: report(STAGE, advance, total)  # noqa: E731
         if ray:
-            from .scale import solve_groups_on_ray
-
-            solve_groups_on_ray(session, todo, settings, ray, done, tick)
+            with ray_pool(ray) as pool:
+                pool.solve(session, todo, settings, done, tick)
         else:
             solve_groups(session, todo, settings, done, tick)
     return solved, from_cache

@@ -17,6 +17,7 @@ from .analysis import analyze
 from .attribution import Classifier, control_map, model_map
 from .card import ModelCard
 from .errors import InputError, close_matches
+from .execute import ray_pool
 from .images import CanonicalImage, box_mask, read_boxes
 from .localization import Box, box_from_map, curve_area, deletion_curve, iou, pointing_hit
 from .localize_scores import DELETION_STEPS, ImageScore
@@ -60,10 +61,14 @@ def cid_maps(
     """CID's sensitivity maps, one analysis per σ lattice; notes on the rows the cache held and on the
     images that missed the budget."""
     maps, notes = {}, []
-    for grid in grids:
-        report = analyze(
-            session, layers=layers, settings=replace(settings, grid=grid), cache=cache, ray=ray, progress=progress
-        )
+    with ray_pool(ray) as pool:  # with Ray, one set of workers for every lattice
+        reports = [
+            analyze(
+                session, layers=layers, settings=replace(settings, grid=grid), cache=cache, ray=pool, progress=progress
+            )
+            for grid in grids
+        ]
+    for grid, report in zip(grids, reports):
         if report.cached_rows:
             notes.append(
                 f"{grid_name('cid', grid, True)}: {report.cached_rows} of {len(report.results)} rows from the row cache"

@@ -1,5 +1,7 @@
 """Scale-out on Ray: row groups as tasks on actors that each hold one loaded, converted and
 cross-checked model (a `Session` rebuilt from its `PortableSession`), reused across their rows.
+A `RayPool` keeps its actors for a whole job (a comparison's or a study's models, a localisation's
+grids), so that each worker process starts (imports torch and onnx2torch) once, not once per model.
 
 Only imported with `ray=...` (extra `onnx-infodiscard[ray]`). `auto` finds a running cluster
 (`RAY_ADDRESS`, or the latest `ray start` on this machine) or starts a local one; any other
@@ -21,7 +23,8 @@ RETRIES = 3
 
 
 class RowWorker:
-    """One Ray actor: opens the session on its first group, then reuses it for every later one."""
+    """One Ray actor: opens a session on the first group of its model, then reuses it for every
+    later group of that model; a group of another model replaces it (one model in memory)."""
 
     def __init__(self, device: str, threads: int) -> None:
         import torch
@@ -29,15 +32,18 @@ class RowWorker:
         torch.set_num_threads(threads)  # this worker process's own pool: one per CPU Ray gave it
         self.device = device
         self.session: Session | None = None
+        self.session_ref: str | None = None
 
     def solve(self, portable: list, rows: Sequence[Row], settings: SolverSettings) -> list[SolvedRow]:
         """`portable`: [a reference to the PortableSession], fetched only when this worker (or its
-        restarted successor) has no session yet; the actor's constructor holds no object, so Ray
-        can always restart it."""
-        if self.session is None:
+        restarted successor) does not hold that session yet; the actor's constructor holds no
+        object, so Ray can always restart it."""
+        if self.session_ref != portable[0].hex():
             import ray
 
+            self.session = None  # the previous model's memory goes before the next one loads
             self.session = ray.get(portable[0]).open(self.device)
+            self.session_ref = portable[0].hex()
         return solve_rows(self.session, rows, settings)
 
 
@@ -64,34 +70,58 @@ def connect(address: str):
     return ray
 
 
-def workers(ray, session: Session, count: int) -> list:
-    """`count` actors, one GPU each when the run is on CUDA and the cluster has GPUs, else one CPU."""
-    gpu = session.device.type == "cuda" and ray.cluster_resources().get("GPU", 0) >= 1
-    actor = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=RETRIES, max_task_retries=RETRIES)(RowWorker)
-    return [actor.remote("cuda" if gpu else "cpu", 1) for _ in range(count)]
+class RayPool:
+    """Ray actors for one job, started with its first model and killed by `close` (or the `with`
+    block's end); `solve` runs one model's row groups on them."""
 
+    def __init__(self, address: str) -> None:
+        self.ray = connect(address)
+        self.actors: list = []
+        self.gpu = False
 
-def solve_groups_on_ray(
-    session: Session,
-    todo: Sequence[list[Row]],
-    settings: SolverSettings,
-    address: str,
-    done: Callable[[list[Row], list[SolvedRow]], None],
-    progress: Callable[[int], None],
-) -> None:
-    """Spread `todo` over Ray workers; `done(group, results)` as each group returns, in any order."""
-    ray = connect(address)
-    capacity = int(ray.cluster_resources().get("GPU" if session.device.type == "cuda" else "CPU", 1)) or 1
-    portable = [ray.put(session.portable())]  # shipped once, held here until the run ends
-    pool = workers(ray, session, min(capacity, len(todo)))
-    settings_ref = ray.put(settings)
-    queue = list(todo)
-    running = {}
-    for worker in pool:
-        if queue:
-            group = queue.pop(0)
-            running[worker.solve.remote(portable, group, settings_ref)] = (worker, group)
-    try:
+    def __enter__(self) -> RayPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+
+    def _actors(self, session: Session, groups: int) -> list:
+        """Up to one actor per CPU of the cluster (per GPU when the run is on CUDA and the cluster
+        has GPUs), started as a model's groups first need them and kept for the next models."""
+        ray = self.ray
+        if not self.actors:
+            self.gpu = session.device.type == "cuda" and ray.cluster_resources().get("GPU", 0) >= 1
+        capacity = int(ray.cluster_resources().get("GPU" if self.gpu else "CPU", 1)) or 1
+        actor = ray.remote(num_cpus=1, num_gpus=1 if self.gpu else 0, max_restarts=RETRIES, max_task_retries=RETRIES)(
+            RowWorker
+        )
+        while len(self.actors) < min(capacity, groups):
+            self.actors.append(actor.remote("cuda" if self.gpu else "cpu", 1))
+        return self.actors
+
+    def solve(
+        self,
+        session: Session,
+        todo: Sequence[list[Row]],
+        settings: SolverSettings,
+        done: Callable[[list[Row], list[SolvedRow]], None],
+        progress: Callable[[int], None],
+    ) -> None:
+        """Spread `todo` over the actors; `done(group, results)` as each group returns, in any order."""
+        ray = self.ray
+        portable = [ray.put(session.portable())]  # shipped once, held here until this model's rows are done
+        settings_ref = ray.put(settings)
+        queue = list(todo)
+        running = {}
+        for worker in self._actors(session, len(todo)):
+            if queue:
+                group = queue.pop(0)
+                running[worker.solve.remote(portable, group, settings_ref)] = (worker, group)
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
             worker, group = running.pop(ready[0])
@@ -108,6 +138,3 @@ def solve_groups_on_ray(
             if queue:
                 group = queue.pop(0)
                 running[worker.solve.remote(portable, group, settings_ref)] = (worker, group)
-    finally:
-        for worker in pool:
-            ray.kill(worker)

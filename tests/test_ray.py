@@ -53,6 +53,24 @@ def test_ray_run_equals_the_local_run(session, local, cluster):
     same_results(analyze(session, settings=QUICK, ray="auto"), local)
 
 
+def test_a_pool_keeps_its_workers_across_models(session, local, cluster):
+    """`compare` and studies share one `RayPool` over their models: the workers start once, and
+    each model's rows still equal the local run's."""
+    from onnx_infodiscard.scale import RayPool
+
+    other = open_session(MODELS / "torchscript_digits" / "torchscript_digits.onnx", IMAGES, ["1", "-1"], device="cpu")
+    with RayPool("auto") as pool:
+        first = analyze(session, settings=QUICK, ray=pool)
+        started = list(pool.actors)
+        second = analyze(other, settings=QUICK, ray=pool)
+        assert pool.actors == started and len(started) == 2  # the same two actors (2 CPUs), none added
+        again = analyze(session, settings=QUICK, ray=pool)  # back to the first model: its session reopened
+    assert pool.actors == []
+    same_results(first, local)
+    same_results(again, local)
+    same_results(second, analyze(other, settings=QUICK))
+
+
 def test_a_study_on_ray_answers_as_the_local_run(tmp_path, cluster):
     """`compare --groups ... --ray auto`: every model's rows on the cluster, the same answer."""
     from onnx_infodiscard.study import read_study, run_study

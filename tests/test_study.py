@@ -332,3 +332,19 @@ def test_options_the_other_mode_would_ignore_are_refused(tmp_path):
     alone = cli("compare", str(MODEL), str(MODEL), "--max-images", "3", "--out", str(out))
     assert alone.code == 2 and len(alone.lines) == 1 and "--max-images needs --groups" in alone.stderr
     assert not out.exists()
+
+
+def test_each_model_is_analysed_only_at_the_depths_of_its_own_hypotheses(tmp_path):
+    """A depth named only for one group costs no rows in the others (the shipped study: 0.15 is for
+    deep and teacher only)."""
+    from onnx_infodiscard.study.run import layers_near, needed_depths
+
+    body = GOOD.replace(
+        '["cid[1.0] big > small", "concentration[0.5] ~ accuracy"]',
+        '["cid[1.0] big > small", "cid[1.0] > cid[0.2] in big"]',
+    )
+    study = read_study(write_study_toml(tmp_path, body))
+    assert needed_depths(study, "big") == (0.2, 1.0) and needed_depths(study, "small") == (1.0,)
+    assert needed_depths(study) == (0.2, 1.0)
+    big, small = (layers_near(e, None, needed_depths(study, e.group)) for e in study.models)
+    assert len(big) == 2 and small == big[-1:]

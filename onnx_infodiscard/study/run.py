@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..execute import ray_pool
 from ..rowcache import RowCache
 from .spec import ModelEntry, Study
 from .stats import HypothesisResult, ModelMetrics, evaluate_hypothesis
@@ -107,26 +108,29 @@ def run_study(
     if len(images) < 2:
         raise InputError("a study needs at least 2 images to resample", option="max_images")
     labels = _labels(study)
-    plan = [layers_near(entry, study.layers, needed_depths(study)) for entry in study.models]  # fails early
+    plan = [
+        layers_near(entry, study.layers, needed_depths(study, entry.group)) for entry in study.models
+    ]  # fails early
     metrics, accuracy = [], {}
-    for entry, chosen in zip(study.models, plan):
-        advance = (lambda stage, a, t, name=entry.name: progress(f"{name}: {stage}", a, t)) if progress else None
-        cached = analyse_entry(
-            study,
-            entry,
-            images,
-            settings,
-            chosen,
-            labels,
-            device=device,
-            cache=cache,
-            ray=ray,
-            accuracy_images=list(study.images) if labels is not None else None,
-            progress=advance,
-        )
-        if cached.correct is not None:
-            accuracy[entry.name] = float(np.mean(cached.correct))
-        metrics.append(cached.only_converged() if converged_only else cached)
+    with ray_pool(ray) as pool:  # with Ray, one set of workers for every model
+        for entry, chosen in zip(study.models, plan):
+            advance = (lambda stage, a, t, name=entry.name: progress(f"{name}: {stage}", a, t)) if progress else None
+            cached = analyse_entry(
+                study,
+                entry,
+                images,
+                settings,
+                chosen,
+                labels,
+                device=device,
+                cache=cache,
+                ray=pool,
+                accuracy_images=list(study.images) if labels is not None else None,
+                progress=advance,
+            )
+            if cached.correct is not None:
+                accuracy[entry.name] = float(np.mean(cached.correct))
+            metrics.append(cached.only_converged() if converged_only else cached)
     analysed = time.perf_counter() - start
     rng = rng if rng is not None else np.random.default_rng(study.seed)
     results = answer(study, metrics, rng)
@@ -195,9 +199,18 @@ def spread(images: Sequence[Path], count: int | None) -> list[Path]:
     return [images[int(i)] for i in np.linspace(0, len(images) - 1, count).round()]
 
 
-def needed_depths(study: Study) -> tuple[float, ...]:
-    """The relative depths the hypotheses name (and the study's `depths`): only those layers are analysed."""
-    found = [d for h in study.hypotheses for d in (h.depth, h.depth2) if d is not None]
+def needed_depths(study: Study, group: str | None = None) -> tuple[float, ...]:
+    """The relative depths named by the hypotheses on `group`'s models (every hypothesis's when
+    None), with the study's `depths`: only those layers are analysed. A group that no hypothesis
+    names gets every depth the study names."""
+
+    def on_group(h) -> bool:
+        named = (h.left, h.right) if h.kind == "groups" else h.groups
+        return group is None or not named or group in named
+
+    found = [d for h in study.hypotheses if on_group(h) for d in (h.depth, h.depth2) if d is not None]
+    if not found and group is not None:
+        return needed_depths(study)
     return tuple(sorted(set(found) | set(study.depths or ())))
 
 

@@ -12,9 +12,6 @@ import numpy as np
 from . import metrics
 from .embedded import card_images
 from .execute import solve_all
-
-if TYPE_CHECKING:
-    from .scale import RayPool
 from .foreground import Foreground
 from .images import find_images, load_images
 from .perturb import RECONSTRUCTION_FLOOR, SolverSettings, peak_memory, solve
@@ -24,6 +21,9 @@ from .rowcache import RowCache
 from .rows import Row, SolvedRow, distortion
 from .ru import DecoderConfig, check_cache_dir, trained_decoder
 from .session import Session, open_session
+
+if TYPE_CHECKING:
+    from .scale import RayPool
 
 Progress = Callable[[str, int, int], None]
 #: What a `LayerResult` takes from its `SolvedRow` as it is.

@@ -25,7 +25,7 @@ STAGE = "CID σ (images×layers×steps)"
 def ray_pool(ray: str | RayPool | None) -> Iterator[RayPool | None]:
     """One `RayPool` for a job of several solves (its workers start once), or the caller's own
     pool, or None without Ray (nothing of Ray imported)."""
-    if ray is None or not isinstance(ray, str):
+    if not isinstance(ray, str):
         yield ray
         return
     from .scale import RayPool

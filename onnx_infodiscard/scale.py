@@ -38,12 +38,13 @@ class RowWorker:
         """`portable`: [a reference to the PortableSession], fetched only when this worker (or its
         restarted successor) does not hold that session yet; the actor's constructor holds no
         object, so Ray can always restart it."""
-        if self.session_ref != portable[0].hex():
+        ref = portable[0].hex()
+        if self.session_ref != ref:
             import ray
 
             self.session = None  # the previous model's memory goes before the next one loads
             self.session = ray.get(portable[0]).open(self.device)
-            self.session_ref = portable[0].hex()
+            self.session_ref = ref
         return solve_rows(self.session, rows, settings)
 
 
@@ -93,15 +94,14 @@ class RayPool:
     def _actors(self, session: Session, groups: int) -> list:
         """Up to one actor per CPU of the cluster (per GPU when the run is on CUDA and the cluster
         has GPUs), started as a model's groups first need them and kept for the next models."""
-        ray = self.ray
+        resources = self.ray.cluster_resources()
         if not self.actors:
-            self.gpu = session.device.type == "cuda" and ray.cluster_resources().get("GPU", 0) >= 1
-        capacity = int(ray.cluster_resources().get("GPU" if self.gpu else "CPU", 1)) or 1
-        actor = ray.remote(num_cpus=1, num_gpus=1 if self.gpu else 0, max_restarts=RETRIES, max_task_retries=RETRIES)(
-            RowWorker
-        )
-        while len(self.actors) < min(capacity, groups):
-            self.actors.append(actor.remote("cuda" if self.gpu else "cpu", 1))
+            self.gpu = session.device.type == "cuda" and resources.get("GPU", 0) >= 1
+        wanted = min(int(resources.get("GPU" if self.gpu else "CPU", 1)) or 1, groups)
+        if len(self.actors) < wanted:
+            options = {"num_cpus": 1, "num_gpus": 1 if self.gpu else 0}
+            actor = self.ray.remote(**options, max_restarts=RETRIES, max_task_retries=RETRIES)(RowWorker)
+            self.actors += [actor.remote("cuda" if self.gpu else "cpu", 1) for _ in range(wanted - len(self.actors))]
         return self.actors
 
     def solve(

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from ..execute import ray_pool
 from ..rowcache import RowCache
 from .spec import ModelEntry, Study
 from .stats import HypothesisResult, ModelMetrics, evaluate_hypothesis
+
+if TYPE_CHECKING:
+    from ..scale import RayPool
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ def run_study(
     rng: np.random.Generator | None = None,
     converged_only: bool = True,
     cache: RowCache | None = None,
-    ray: str | None = None,
+    ray: str | RayPool | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> StudyResult:
     """Analyse each model (its card, the entry's overrides, the study's τ/steps) on the study's
@@ -108,9 +112,8 @@ def run_study(
     if len(images) < 2:
         raise InputError("a study needs at least 2 images to resample", option="max_images")
     labels = _labels(study)
-    plan = [
-        layers_near(entry, study.layers, needed_depths(study, entry.group)) for entry in study.models
-    ]  # fails early
+    # every model's layers first, so that an unknown layer fails before any analysis
+    plan = [layers_near(entry, study.layers, needed_depths(study, entry.group)) for entry in study.models]
     metrics, accuracy = [], {}
     with ray_pool(ray) as pool:  # with Ray, one set of workers for every model
         for entry, chosen in zip(study.models, plan):
@@ -161,7 +164,7 @@ def analyse_entry(
     accuracy_images: Sequence[Path] | None = None,
     device: str = "auto",
     cache: RowCache | None = None,
-    ray: str | None = None,
+    ray: str | RayPool | None = None,
     progress=None,
 ) -> ModelMetrics:
     """One model's metrics at `layers` on `images` (every row kept, with its converged flag) and its

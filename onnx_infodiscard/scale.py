@@ -11,6 +11,8 @@ retries run out the run fails with an error naming the rows, never with a partia
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Sequence
 
 from .errors import InfodiscardError, InputError
@@ -20,6 +22,9 @@ from .session import Session
 
 #: How often Ray restarts a dead worker and retries its group before the run fails.
 RETRIES = 3
+#: The driver's wait for a row group returns this often, so that a signal handler (SIGTERM, Ctrl-C)
+#: runs within a second: Python handlers run only between bytecodes, never inside Ray's C++ wait.
+WAKE_S = 1.0
 
 
 class RowWorker:
@@ -55,12 +60,16 @@ def connect(address: str):
     except ImportError:
         raise InputError("Ray is not installed; pip install 'onnx-infodiscard[ray]'", option="ray") from None
     if not ray.is_initialized():
+        # ray.init replaces the caller's SIGTERM handler with one that aborts the driver (exit 134,
+        # a C++ stack line); the caller's is put back, so that a terminated run ends as it would without Ray.
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         try:
             ray.init(
                 address=None if address == "auto" else address,
                 include_dashboard=False,
                 log_to_driver=False,
-                logging_level="warning",
+                logging_level="error",  # not the token-authentication notice every local cluster prints
                 configure_logging=True,
             )
         except (ConnectionError, ValueError, RuntimeError) as err:
@@ -68,6 +77,9 @@ def connect(address: str):
                 f"cannot reach a Ray cluster at {address!r} ({err}); start one with `ray start --head` or use auto",
                 option="ray",
             ) from None
+        finally:
+            if main_thread and sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
     return ray
 
 
@@ -123,7 +135,9 @@ class RayPool:
                 group = queue.pop(0)
                 running[worker.solve.remote(portable, group, settings_ref)] = (worker, group)
         while running:
-            ready, _ = ray.wait(list(running), num_returns=1)
+            ready = _wait(ray, list(running))
+            if not ready:
+                continue
             worker, group = running.pop(ready[0])
             try:
                 results = ray.get(ready[0])
@@ -138,3 +152,16 @@ class RayPool:
             if queue:
                 group = queue.pop(0)
                 running[worker.solve.remote(portable, group, settings_ref)] = (worker, group)
+
+
+def _wait(ray, refs: list) -> list:
+    """The refs of `refs` that are ready, after at most `WAKE_S`. A signal handler that raised inside
+    Ray's wait (SIGTERM's `Terminated`, Ctrl-C) reaches us wrapped in a SystemError; it is re-raised
+    as itself, so that the run ends as an interrupted one, not as an internal error."""
+    try:
+        ready, _ = ray.wait(refs, num_returns=1, timeout=WAKE_S)
+    except SystemError as err:
+        if isinstance(err.__cause__, BaseException) and not isinstance(err.__cause__, Exception):
+            raise err.__cause__ from None
+        raise
+    return ready

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,35 @@ def test_a_cluster_started_with_ray_start_is_reached_by_address(session, local):
         head.send_signal(signal.SIGTERM)
         head.wait(timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_sigterm_during_a_ray_run_exits_143_with_one_line_and_no_report(tmp_path):
+    """ray.init installs a SIGTERM handler that aborts the driver (exit 134, a C++ stack line), and
+    Ray's C++ wait hides a raised handler in a SystemError (exit 70): the run must end as a
+    terminated one, and stderr carries no Ray notice (the token-authentication warning)."""
+    out = tmp_path / "r"
+    image = sorted((MODELS / "digits_cnn" / "images").glob("*.png"))[0]
+    command = [sys.executable, "-m", "onnx_infodiscard_cli.main", "--debug", "--threads", "1", "analyze"]
+    command += [str(DEFAULT_MODEL), str(image), "-l", "-1", "--samples", "4", "--steps", "100000"]
+    process = subprocess.Popen(
+        [*command, "--ray", "auto", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""},  # a new local cluster of its own
+    )
+    try:
+        for _ in range(600):  # until this run's actor solves (it holds the only RowWorker)
+            if subprocess.run(["pgrep", "-f", "ray::RowWorker"], capture_output=True).returncode == 0:
+                break
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.2)
+        time.sleep(2.0)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 143, stderr
+    assert lines[-1] == "error: terminated" and all(line.startswith("debug: ") for line in lines[:-1]), stderr
+    assert not out.exists()
